@@ -1,0 +1,13 @@
+"""mmsts: Spatial-Temporal Smoothing teachers for MMEngine and mmpretrain.
+
+Importing the package registers its modules in mmpretrain's registries, so
+``custom_imports = dict(imports=['mmsts'])`` is all a config needs.
+"""
+from .version import __version__
+from .utils import register_checkpoint_safe_globals
+
+register_checkpoint_safe_globals()
+
+from . import engine, models  # noqa: E402,F401  (registers the modules)
+
+__all__ = ['__version__']

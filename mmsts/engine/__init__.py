@@ -1,0 +1,3 @@
+from .hooks import SpatialTemporalSmoothingHook
+
+__all__ = ['SpatialTemporalSmoothingHook']

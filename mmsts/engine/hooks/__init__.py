@@ -1,0 +1,3 @@
+from .sts_hook import SpatialTemporalSmoothingHook
+
+__all__ = ['SpatialTemporalSmoothingHook']
