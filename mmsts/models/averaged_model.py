@@ -11,7 +11,8 @@ from torch import Tensor
 
 from mmsts.smoothing import (CosineMomentum, MomentumSchedule,
                              SpatialTemporalSmoother, build_momentum_schedule,
-                             relative_distance, stream_id)
+                             check_unit_interval, relative_distance,
+                             stream_id)
 
 
 @MODELS.register_module()
@@ -88,6 +89,8 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         if not isinstance(interval, int) or interval < 1:
             raise ValueError(
                 f'`interval` must be a positive int, but got {interval!r}')
+        # Checked even where the schedule does not use it.
+        check_unit_interval('end_momentum', end_momentum)
         super().__init__(model, interval, device, update_buffers)
         kwargs = {'end_momentum': end_momentum} \
             if momentum_schedule == 'cosine' else {}
@@ -152,15 +155,14 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         if self.update_buffers:
             state = model.state_dict()
             return [state[k] for k in self._keys]
-        return [p.detach() for p in model.parameters()]
+        return list(model.parameters())
 
     def _check_source(self, model: nn.Module, source: List[Tensor]) -> None:
         """Fail early, naming the tensor, if the source does not match."""
-        names = list(model.state_dict().keys()) if self.update_buffers else [
-            n for n, _ in model.named_parameters()
-        ]
         if self.update_buffers:
-            names = [n for n in names if n in set(self._keys)]
+            names = [k for k in model.state_dict() if k in set(self._keys)]
+        else:
+            names = [n for n, _ in model.named_parameters()]
         if len(source) != len(self._avg):
             raise ValueError(
                 f'{type(self).__name__} `{self.name}`: the student has '
@@ -172,11 +174,11 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
                     f'{type(self).__name__} `{self.name}`: shape mismatch '
                     f'between teacher `{key}` {tuple(t.shape)} and student '
                     f'`{name}` {tuple(s.shape)}')
-        buffers = list(model.buffers())
-        if not self.update_buffers and len(buffers) != len(self._buffers_avg):
+        n_buffers = len(list(model.buffers()))
+        if not self.update_buffers and n_buffers != len(self._buffers_avg):
             raise ValueError(
                 f'{type(self).__name__} `{self.name}`: the student has '
-                f'{len(buffers)} buffers but the teacher has '
+                f'{n_buffers} buffers but the teacher has '
                 f'{len(self._buffers_avg)}')
         self._checked = True
 
@@ -206,6 +208,13 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         if steps == 0:
             torch._foreach_copy_(self._avg, [s.to(t) for s, t in zip(
                 source, self._avg)])
+            if self.update_buffers:
+                # Like MMEngine, the first update also copies the entries
+                # that are never averaged (e.g. BN `num_batches_tracked`).
+                state = model.state_dict()
+                for key, value in self.avg_parameters.items():
+                    if not value.dtype.is_floating_point:
+                        value.copy_(state[key])
         elif steps % self.interval == 0:
             self.smoother.step(self._avg, source, steps, self._total_steps())
         if not self.update_buffers and self._buffers_avg:

@@ -1,0 +1,534 @@
+"""Tests of the STS teacher wrapper
+(:class:`mmsts.models.SpatialTemporalSmoothing`).
+
+References are MMEngine's ``ExponentialMovingAverage``, mmpretrain's
+``CosineEMA`` and explicit arithmetic, never the code under test.
+"""
+import copy
+import math
+import uuid
+import warnings
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.logging import MessageHub
+from mmengine.model import ExponentialMovingAverage
+from mmengine.registry import DefaultScope
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmpretrain.models.utils import CosineEMA
+from mmpretrain.registry import MODELS
+
+from mmsts.models import SpatialTemporalSmoothing
+from mmsts.smoothing import NonFiniteStudentError, SpatialTemporalSmoother
+
+GRANULARITIES = ('tensor', 'channel', 'element')
+
+
+class ToyNet(nn.Module):
+    """Conv + BN + MLP: float parameters and buffers and an int buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)).relu().mean((2, 3))
+        return self.fc2(self.fc1(x).relu())
+
+
+def toy_net(seed=0):
+    torch.manual_seed(seed)
+    return ToyNet()
+
+
+@torch.no_grad()
+def perturb(model, gen):
+    """A training step stand-in: move the weights, update BN statistics."""
+    for p in model.parameters():
+        p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    model.train()
+    model(torch.randn(2, 3, 6, 6, generator=gen))
+
+
+@torch.no_grad()
+def move_far(student, teacher, gen):
+    """Put every student weight at least 1 away from the teacher's."""
+    for s, t in zip(student.parameters(), teacher.parameters()):
+        sign = torch.where(torch.rand(t.shape, generator=gen) < 0.5, -1.0, 1.0)
+        s.copy_(t + sign * (1 + torch.rand(t.shape, generator=gen)))
+
+
+def assert_same_state(actual, expected, exact=False, msg=''):
+    a_state, e_state = actual.state_dict(), expected.state_dict()
+    assert list(a_state) == list(e_state)
+    for key in e_state:
+        if exact or not e_state[key].is_floating_point():
+            assert torch.equal(a_state[key], e_state[key]), f'{key} {msg}'
+        else:
+            torch.testing.assert_close(
+                a_state[key],
+                e_state[key],
+                rtol=1e-5,
+                atol=1e-6,
+                msg=f'{key} {msg}')
+
+
+@pytest.fixture
+def message_hub():
+    """A fresh current MessageHub."""
+    hub = MessageHub.get_instance(f'test_averaged_model_{uuid.uuid4().hex}')
+    assert MessageHub.get_current_instance() is hub
+    return hub
+
+
+# ----------------------------------------------------------------------
+# Rule semantics
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_preserve_prob_zero_is_mmengine_ema(granularity):
+    """Including the first-update copy and the copy of the buffers."""
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=0.05, granularity=granularity)
+    ema = ExponentialMovingAverage(student, momentum=0.05)
+    for step in range(8):
+        perturb(student, gen)  # the first update must copy these
+        sts.update_parameters(student)
+        ema.update_parameters(student)
+        assert_same_state(sts, ema, msg=f'at step {step}')
+    assert int(sts.steps) == 8
+    assert not torch.equal(sts.module.fc1.weight, student.fc1.weight)
+    assert torch.equal(sts.module.bn.running_var, student.bn.running_var)
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_update_buffers_is_mmengine_ema(granularity):
+    """``update_buffers=True`` smooths float buffers and leaves int buffers
+    (``num_batches_tracked``) alone after the first copy, like MMEngine."""
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student,
+        preserve_prob=0.0,
+        momentum=0.2,
+        granularity=granularity,
+        update_buffers=True)
+    ema = ExponentialMovingAverage(student, momentum=0.2, update_buffers=True)
+    for step in range(6):
+        perturb(student, gen)
+        running_mean = sts.module.bn.running_mean.clone()
+        sts.update_parameters(student)
+        ema.update_parameters(student)
+        assert_same_state(sts, ema, msg=f'at step {step}')
+        if step > 0:
+            torch.testing.assert_close(
+                sts.module.bn.running_mean,
+                0.8 * running_mean + 0.2 * student.bn.running_mean)
+    assert int(sts.module.bn.num_batches_tracked) == 1  # the first copy
+    assert int(student.bn.num_batches_tracked) == 6
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_preserve_prob_one_keeps_teacher_but_copies_buffers(granularity):
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=1.0, momentum=0.5, granularity=granularity)
+    sts.update_parameters(student)
+    first = copy.deepcopy(sts.module)
+    for _ in range(4):
+        perturb(student, gen)
+        sts.update_parameters(student)
+    for p, q in zip(sts.module.parameters(), first.parameters()):
+        assert torch.equal(p, q)
+    for b, s in zip(sts.module.buffers(), student.buffers()):
+        assert torch.equal(b, s)
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_momentum_one_preserve_zero_copies_student(granularity):
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=1.0, granularity=granularity)
+    for _ in range(3):
+        perturb(student, gen)
+        sts.update_parameters(student)
+        for key, value in student.state_dict().items():
+            assert torch.equal(sts.module.state_dict()[key], value), key
+
+
+def _fragments(tensor, granularity):
+    if granularity == 'tensor' or tensor.dim() == 0:
+        return [tensor]
+    if granularity == 'channel':
+        return list(tensor)
+    return list(tensor.reshape(-1))
+
+
+@pytest.mark.parametrize('granularity,steps',
+                         [('tensor', 250), ('channel', 40), ('element', 4)])
+def test_fragments_preserved_or_lerped_at_rate(granularity, steps):
+    preserve_prob, momentum = 0.7, 0.5
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student,
+        preserve_prob=preserve_prob,
+        momentum=momentum,
+        granularity=granularity,
+        seed=2)
+    sts.update_parameters(student)  # the copy
+    sts.pop_statistics()
+    updated = total = 0
+    for _ in range(steps):
+        move_far(student, sts.module, gen)
+        old = [p.clone() for p in sts.module.parameters()]
+        sts.update_parameters(student)
+        for o, n, s in zip(old, sts.module.parameters(), student.parameters()):
+            expected = torch.lerp(o, s, momentum)
+            for fo, fn, fe in zip(
+                    _fragments(o, granularity), _fragments(n, granularity),
+                    _fragments(expected, granularity)):
+                preserved = torch.equal(fn, fo)
+                lerped = torch.allclose(fn, fe, rtol=1e-6, atol=1e-6)
+                assert preserved != lerped, 'a fragment is partly updated'
+                updated += int(lerped)
+                total += 1
+    fraction = updated / total
+    tolerance = 7 * math.sqrt(preserve_prob *
+                              (1 - preserve_prob) / total) + 1 / 65536
+    assert abs(fraction - (1 - preserve_prob)) <= tolerance, (fraction, total)
+    stats = sts.pop_statistics()
+    assert stats['update_fraction'] == pytest.approx(fraction, abs=1e-12)
+    assert stats['momentum'] == momentum
+
+
+def test_distance_statistic():
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(student, preserve_prob=0.5, momentum=0.1)
+    for _ in range(3):
+        perturb(student, gen)
+        sts.update_parameters(student)
+    teacher = torch.cat([p.flatten() for p in sts.module.parameters()])
+    source = torch.cat([p.detach().flatten() for p in student.parameters()])
+    expected = float((teacher - source).norm() / source.norm())
+    assert expected > 0
+    with warnings.catch_warnings():
+        # e.g. "Converting a tensor with requires_grad=True to a scalar"
+        warnings.simplefilter('error')
+        stats = sts.pop_statistics()
+    assert stats['distance'] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------
+def _train(granularity, seed, name='teacher', steps=6):
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student,
+        preserve_prob=0.5,
+        momentum=0.3,
+        granularity=granularity,
+        seed=seed,
+        name=name)
+    for _ in range(steps):
+        perturb(student, gen)
+        sts.update_parameters(student)
+    return sts
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_same_seed_gives_bitwise_identical_teacher(granularity):
+    first = _train(granularity, seed=3)
+    assert_same_state(_train(granularity, seed=3), first, exact=True)
+    for other in (_train(granularity, seed=4),
+                  _train(granularity, seed=3, name='target_net')):
+        assert not all(
+            torch.equal(p, q)
+            for p, q in zip(other.parameters(), first.parameters()))
+
+
+# ----------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_cosine_schedule_is_cosine_ema(granularity, message_hub):
+    """``total_steps=None`` reads ``max_iters`` from the MessageHub, as
+    ``CosineEMA`` does."""
+    total = 10
+    message_hub.update_info('max_iters', total)
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student,
+        preserve_prob=0.0,
+        momentum=0.3,
+        momentum_schedule='cosine',
+        end_momentum=0.02,
+        granularity=granularity)
+    ema = CosineEMA(student, momentum=0.3, end_momentum=0.02)
+    for step in range(total + 1):
+        perturb(student, gen)
+        sts.update_parameters(student)
+        ema.update_parameters(student)
+        assert_same_state(sts, ema, msg=f'at step {step}')
+        if step > 0:
+            assert sts.pop_statistics()['momentum'] == pytest.approx(
+                0.02 - (0.02 - 0.3) *
+                (math.cos(math.pi * step / total) + 1) / 2)
+
+
+def test_explicit_total_steps_wins_over_max_iters(message_hub):
+    message_hub.update_info('max_iters', 1000)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student,
+        preserve_prob=0.0,
+        momentum=0.3,
+        momentum_schedule='cosine',
+        total_steps=4)
+    for _ in range(3):
+        sts.update_parameters(student)
+    # Last update at step 2 of 4: half way, (0.3 + 0) / 2.
+    assert sts.pop_statistics()['momentum'] == pytest.approx(0.15)
+    sts.total_steps = None
+    sts.update_parameters(student)  # step 3 of 1000
+    assert sts.pop_statistics()['momentum'] == pytest.approx(
+        0.3 * (math.cos(math.pi * 3 / 1000) + 1) / 2)
+
+
+# ----------------------------------------------------------------------
+# Contract with MMEngine / mmpretrain
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_state_dict_is_interchangeable_with_ema(update_buffers):
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(student, update_buffers=update_buffers)
+    ema = ExponentialMovingAverage(
+        student, momentum=0.01, update_buffers=update_buffers)
+    assert list(sts.state_dict()) == list(ema.state_dict())
+    assert 'steps' in sts.state_dict()
+    assert all(k == 'steps' or k.startswith('module.')
+               for k in sts.state_dict())
+    for _ in range(3):
+        perturb(student, gen)
+        sts.update_parameters(student)
+    # Both ways, strictly.
+    ema.load_state_dict(sts.state_dict())
+    assert_same_state(ema, sts, exact=True)
+    other = SpatialTemporalSmoothing(toy_net(1))
+    other.load_state_dict(ExponentialMovingAverage(student).state_dict())
+    assert int(other.steps) == 0
+    assert torch.equal(other.module.fc2.weight, student.fc2.weight)
+
+
+@pytest.mark.parametrize('host_type', ['ema', 'cosine'])
+def test_from_averaged_model_shares_tensors_and_steps(host_type):
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    if host_type == 'ema':
+        host = ExponentialMovingAverage(student, momentum=0.01, interval=2)
+    else:
+        host = CosineEMA(student, momentum=0.01, update_buffers=True)
+    for _ in range(5):
+        perturb(student, gen)
+        host.update_parameters(student)
+    keys = list(host.state_dict())
+    sts = SpatialTemporalSmoothing.from_averaged_model(
+        host, preserve_prob=0.0, momentum=0.25, name='target_net')
+    assert list(sts.state_dict()) == keys
+    for key, value in host.state_dict().items():
+        assert sts.state_dict()[key].data_ptr() == value.data_ptr(), key
+    assert int(sts.steps) == 5
+    assert sts.interval == host.interval
+    assert sts.update_buffers == host.update_buffers
+    # The next update uses step 5 and updates the shared tensors.
+    old = copy.deepcopy(host.module)
+    perturb(student, gen)
+    sts.update_parameters(student)
+    assert int(host.steps) == 6  # `steps` is shared too
+    for (name, p), o, s in zip(host.module.named_parameters(),
+                               old.parameters(), student.parameters()):
+        if host.interval == 2:  # step 5 is not an update step
+            assert torch.equal(p, o), name
+        else:
+            torch.testing.assert_close(p, torch.lerp(o, s, 0.25))
+
+
+def _cosine_sts(seed=1):
+    return SpatialTemporalSmoothing(
+        toy_net(),
+        preserve_prob=0.5,
+        momentum=0.3,
+        momentum_schedule='cosine',
+        total_steps=20,
+        seed=seed,
+        name='target_net')
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_loaded_steps_key_the_next_update(granularity):
+    """After ``load_state_dict`` with steps=k, the next update uses the
+    masks and momentum of step k, as the uninterrupted run does."""
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net(5)
+    run = _cosine_sts()
+    run.smoother.granularity = granularity
+    for _ in range(6):
+        perturb(student, gen)
+        run.update_parameters(student)
+    checkpoint = copy.deepcopy(nn.ModuleDict({'target_net': run}).state_dict())
+    resumed = _cosine_sts()
+    resumed.smoother.granularity = granularity
+    for _ in range(3):  # its host mirror of `steps` now says 3
+        resumed.update_parameters(toy_net(7))
+    nn.ModuleDict({'target_net': resumed}).load_state_dict(checkpoint)
+    assert int(resumed.steps) == 6
+    for _ in range(2):
+        perturb(student, gen)
+        run.update_parameters(student)
+        resumed.update_parameters(student)
+        assert_same_state(resumed, run, exact=True)
+    assert int(resumed.steps) == 8
+    assert resumed.pop_statistics()['momentum'] == pytest.approx(
+        0.3 * (math.cos(math.pi * 7 / 20) + 1) / 2)
+
+
+def test_interval_two_updates_every_other_step():
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=0.1, interval=2)
+    ema = ExponentialMovingAverage(student, momentum=0.1, interval=2)
+    for step in range(7):
+        perturb(student, gen)
+        old = copy.deepcopy(sts.module)
+        sts.update_parameters(student)
+        ema.update_parameters(student)
+        assert_same_state(sts, ema, msg=f'at step {step}')
+        moved = [
+            not torch.equal(p, o)
+            for p, o in zip(sts.module.parameters(), old.parameters())
+        ]
+        assert all(moved) if step % 2 == 0 else not any(moved), step
+        assert torch.equal(sts.module.bn.running_mean, student.bn.running_mean)
+
+
+def test_built_from_the_registries(monkeypatch):
+    model = toy_net()
+    # No default scope (a Runner of another test may have left one).
+    monkeypatch.setattr(DefaultScope, '_instance_dict', OrderedDict())
+    sts = MODELS.build(
+        dict(
+            type='SpatialTemporalSmoothing',
+            preserve_prob=0.7,
+            momentum=0.01,
+            momentum_schedule='cosine',
+            granularity='channel',
+            name='target_net'),
+        default_args=dict(model=model))
+    assert isinstance(sts, SpatialTemporalSmoothing)
+    assert sts.smoother.preserve_prob == 0.7
+    assert sts.momentum == 0.01
+    assert sts.smoother.granularity == 'channel'
+    assert torch.equal(sts.module.fc1.weight, model.fc1.weight)
+    # As MMEngine's EMAHook builds its `ema_type` (from MMEngine's root
+    # registry, in the mmpretrain scope).
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        ema_hook_style = MMENGINE_MODELS.build(
+            dict(type='SpatialTemporalSmoothing', preserve_prob=0.5),
+            default_args=dict(model=model))
+    assert isinstance(ema_hook_style, SpatialTemporalSmoothing)
+    # In the default scope of a Runner built without one, with the scope
+    # written out.
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        scoped = MMENGINE_MODELS.build(
+            dict(type='mmpretrain.SpatialTemporalSmoothing'),
+            default_args=dict(model=model))
+    assert isinstance(scoped, SpatialTemporalSmoothing)
+
+
+def test_avg_func_is_not_used():
+    with pytest.raises(NotImplementedError, match='update_parameters'):
+        SpatialTemporalSmoothing(toy_net()).avg_func(
+            torch.zeros(1), torch.ones(1), 1)
+
+
+# ----------------------------------------------------------------------
+# Non-finite students and host/device synchronisation
+# ----------------------------------------------------------------------
+@pytest.fixture(params=[False, True], ids=['host', 'sync_free'])
+def sync_free(request, monkeypatch):
+    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free',
+                        request.param)
+    return request.param
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_nonfinite_student_is_skipped(granularity, sync_free):
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=0.5, granularity=granularity)
+    sts.update_parameters(student)
+    with torch.no_grad():
+        student.fc1.weight[0, 0] = float('nan')
+    old = copy.deepcopy(sts.module)
+    sts.update_parameters(student)
+    for p, o in zip(sts.module.parameters(), old.parameters()):
+        assert torch.isfinite(p).all()
+        assert torch.equal(p, o)
+    assert sts.pop_statistics()['nonfinite_steps'] == 1
+    assert int(sts.steps) == 2
+
+
+def test_nonfinite_raise(sync_free):
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, nonfinite='raise')
+    sts.update_parameters(student)
+    with torch.no_grad():
+        student.conv.bias[1] = float('inf')
+    if sync_free:
+        sts.update_parameters(student)
+        with pytest.raises(NonFiniteStudentError):
+            sts.pop_statistics()
+    else:
+        with pytest.raises(NonFiniteStudentError):
+            sts.update_parameters(student)
+    assert all(torch.isfinite(p).all() for p in sts.module.parameters())
+
+
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_sync_free_update_parameters_never_reads_device_values(
+        granularity, monkeypatch):
+    """After the first update (which reads ``steps`` once), the wrapper
+    never synchronises host and device."""
+    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free', True)
+    gen = torch.Generator().manual_seed(0)
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.5, momentum=0.5, granularity=granularity)
+    sts.update_parameters(student)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('host-device synchronisation')
+
+    for _ in range(3):
+        perturb(student, gen)
+        with monkeypatch.context() as patch:
+            for name in ('item', '__bool__', '__float__', '__int__', 'tolist'):
+                patch.setattr(torch.Tensor, name, forbidden)
+            sts.update_parameters(student)
+    assert int(sts.steps) == 4
+    assert 0 < sts.pop_statistics()['update_fraction'] < 1
