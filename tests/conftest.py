@@ -2,10 +2,14 @@
 versions of mmpretrain's own configs."""
 import os
 import os.path as osp
+import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from PIL import Image
 
 import mmsts  # noqa: F401  (registers the modules)
@@ -95,3 +99,163 @@ def small_selfsup_cfg(base: str, work_dir: str, data_root: str,
 
 BYOL_CFG = 'mmpretrain::byol/byol_resnet50_16xb256-coslr-200e_in1k.py'
 MOCOV2_CFG = 'mmpretrain::mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py'
+
+
+class TeacherUpdateRecorder(Hook):
+    """Records what every ``update_parameters`` call does to a teacher.
+
+    Registered after the hooks that install the teacher (priority ``LOW``),
+    it wraps the teacher's ``update_parameters``. For every call it compares
+    each parameter after the call with its value before the call and with
+    ``torch.lerp(before, student, momentum)`` computed here: ``'kept'``,
+    ``'updated'``, ``'either'`` (the two are bitwise equal, so the call
+    cannot be told apart) or ``'neither'``. The first call (update count 0)
+    must copy the student: ``'copied'``.
+
+    Args:
+        get_teacher (callable): ``runner -> BaseAveragedModel``.
+        momentum_at (callable): ``(step, max_iters) -> float``, the weight on
+            the student expected at an update count.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self, get_teacher, momentum_at):
+        self.get_teacher = get_teacher
+        self.momentum_at = momentum_at
+        self.calls = []
+
+    def before_run(self, runner):
+        teacher = self.get_teacher(runner)
+        update = teacher.update_parameters
+        max_iters = runner.max_iters
+
+        @torch.no_grad()
+        def recorded_update(model):
+            step = int(teacher.steps)
+            before = [p.clone() for p in teacher.module.parameters()]
+            student = [p.detach().clone() for p in model.parameters()]
+            update(model)
+            after = list(teacher.module.parameters())
+            if step == 0:
+                kinds = [
+                    'copied' if torch.equal(a, s) else 'neither'
+                    for a, s in zip(after, student)
+                ]
+            else:
+                momentum = self.momentum_at(step, max_iters)
+                kinds = [
+                    _update_kind(b, s, a, momentum)
+                    for b, s, a in zip(before, student, after)
+                ]
+            buffers_copied = all(
+                torch.equal(a, s)
+                for a, s in zip(teacher.module.buffers(), model.buffers()))
+            self.calls.append(
+                dict(step=step, kinds=kinds, buffers_copied=buffers_copied))
+
+        teacher.update_parameters = recorded_update
+
+
+def _update_kind(before, student, after, momentum):
+    lerped = torch.lerp(before, student, momentum)
+    kept, updated = torch.equal(after, before), torch.equal(after, lerped)
+    if kept and updated:
+        return 'either'
+    return 'kept' if kept else 'updated' if updated else 'neither'
+
+
+def assert_follows_sts(calls, masks):
+    """Assert that recorded calls applied the STS rule with ``masks``.
+
+    Args:
+        calls (list): :attr:`TeacherUpdateRecorder.calls`.
+        masks (FragmentMaskGenerator): The masks the teacher should draw.
+
+    Returns:
+        collections.Counter: How many tensor updates of each kind were seen
+        after the first (copying) call.
+    """
+    assert [c['step'] for c in calls] == list(range(len(calls)))
+    assert set(calls[0]['kinds']) == {'copied'}
+    seen = Counter()
+    for call in calls[1:]:
+        flags = masks.update_flags(call['step'], len(call['kinds']))
+        for index, (kind, flag) in enumerate(zip(call['kinds'], flags)):
+            allowed = ('updated', 'either') if flag else ('kept', 'either')
+            assert kind in allowed, (
+                f'step {call["step"]}, tensor {index}: {kind}, but the mask '
+                f'says {"update" if flag else "keep"}')
+        seen.update(call['kinds'])
+    assert all(c['buffers_copied'] for c in calls)
+    return seen
+
+
+def make_cifar_pickles(root: str, num_classes: int = 10, per_class: int = 6,
+                       test_per_class: int = 2, seed: int = 0) -> str:
+    """Write a tiny CIFAR-10 (``num_classes=10``) or CIFAR-100 (``100``) in
+    the python pickle format that mmpretrain's ``CIFAR10``/``CIFAR100`` read:
+    ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` or
+    ``cifar-100-python/{train,test,meta}``, with the real keys (``data`` as
+    N x 3072 uint8 rows in R, G, B planes, ``labels``/``fine_labels``, ...).
+    Images are random; training images are ``per_class`` per class.
+
+    The data sets check the md5 sums of the real files, which these cannot
+    match: load them under the ``no_cifar_md5`` fixture.
+
+    Returns:
+        str: ``root``, the ``data_root`` of the data set.
+    """
+    if num_classes not in (10, 100):
+        raise ValueError(f'num_classes must be 10 or 100, got {num_classes}')
+    rng = np.random.default_rng(seed)
+
+    def batch(n_per_class, name, label_key):
+        labels = np.tile(np.arange(num_classes), n_per_class)
+        rng.shuffle(labels)
+        entry = {
+            'batch_label': name,
+            label_key: labels.tolist(),
+            'data': rng.integers(0, 256, (len(labels), 3072), np.uint8),
+            'filenames': [f'{name}_{i}.png' for i in range(len(labels))],
+        }
+        if num_classes == 100:
+            entry['coarse_labels'] = (labels // 5).tolist()
+        return entry
+
+    def dump(obj, path):
+        with open(path, 'wb') as f:
+            pickle.dump(obj, f, protocol=2)
+
+    names = [f'class_{c}' for c in range(num_classes)]
+    if num_classes == 10:
+        folder = osp.join(root, 'cifar-10-batches-py')
+        os.makedirs(folder, exist_ok=True)
+        train = batch(per_class, 'training batch', 'labels')
+        for i in range(5):  # spread the training set over the 5 batches
+            part = {k: v[i::5] for k, v in train.items() if k != 'batch_label'}
+            part['batch_label'] = f'training batch {i + 1} of 5'
+            dump(part, osp.join(folder, f'data_batch_{i + 1}'))
+        dump(batch(test_per_class, 'testing batch 1 of 1', 'labels'),
+             osp.join(folder, 'test_batch'))
+        dump({'label_names': names, 'num_cases_per_batch': 10000,
+              'num_vis': 3072}, osp.join(folder, 'batches.meta'))
+    else:
+        folder = osp.join(root, 'cifar-100-python')
+        os.makedirs(folder, exist_ok=True)
+        dump(batch(per_class, 'training batch 1 of 1', 'fine_labels'),
+             osp.join(folder, 'train'))
+        dump(batch(test_per_class, 'testing batch 1 of 1', 'fine_labels'),
+             osp.join(folder, 'test'))
+        dump({'fine_label_names': names,
+              'coarse_label_names': [f'super_{c}' for c in range(20)]},
+             osp.join(folder, 'meta'))
+    return root
+
+
+@pytest.fixture
+def no_cifar_md5(monkeypatch):
+    """Accept the files of :func:`make_cifar_pickles` in mmpretrain's CIFAR
+    data sets, which check the md5 sums of the real CIFAR files."""
+    import mmpretrain.datasets.cifar as cifar
+    monkeypatch.setattr(cifar, 'check_md5', lambda *args, **kwargs: True)
