@@ -3,6 +3,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from mmengine.dist import broadcast_object_list
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import BaseAveragedModel, is_model_wrapper
@@ -255,9 +256,7 @@ class SpatialTemporalSmoothingHook(Hook):
     def before_train(self, runner) -> None:
         """Set the seed and the schedules' length; initialise plain
         teachers."""
-        seed = self.seed if self.seed is not None else runner.seed
-        if seed is None:
-            seed = 0
+        seed = self.seed if self.seed is not None else _run_seed(runner)
         for teacher in self.averaged.values():
             teacher.smoother.seed = seed
             teacher.total_steps = runner.max_iters
@@ -343,6 +342,18 @@ class SpatialTemporalSmoothingHook(Hook):
                     logger='current',
                     level=30)
             self.seed = saved_seed
+
+
+def _run_seed(runner) -> int:
+    """The run's seed, the same on every rank.
+
+    With ``randomness=dict(diff_rank_seed=True)`` MMEngine adds the rank to
+    ``runner.seed``; masks keyed on it would differ across ranks, so rank
+    0's seed (the configured one) is used everywhere.
+    """
+    seed = [runner.seed if runner.seed is not None else 0]
+    broadcast_object_list(seed)  # a no-op when not distributed
+    return seed[0]
 
 
 def _outermost_averaged_models(

@@ -1,0 +1,3 @@
+from .wrappers import MultiBranch
+
+__all__ = ['MultiBranch']

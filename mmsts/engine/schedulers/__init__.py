@@ -1,0 +1,3 @@
+from .fixmatch_cosine import FixMatchCosineLR, FixMatchCosineParamScheduler
+
+__all__ = ['FixMatchCosineLR', 'FixMatchCosineParamScheduler']

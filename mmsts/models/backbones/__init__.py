@@ -1,0 +1,3 @@
+from .wide_resnet import WideBasicBlock, WideResNet
+
+__all__ = ['WideBasicBlock', 'WideResNet']

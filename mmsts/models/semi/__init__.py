@@ -1,0 +1,3 @@
+from .fixmatch import FixMatch
+
+__all__ = ['FixMatch']

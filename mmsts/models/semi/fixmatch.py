@@ -1,0 +1,308 @@
+"""FixMatch with a Spatial-Temporal Smoothing teacher."""
+import copy
+from typing import Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseAveragedModel, BaseDataPreprocessor
+from mmpretrain.models.classifiers import BaseClassifier, ImageClassifier
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+from torch import Tensor
+
+BRANCHES = ('sup', 'unsup_weak', 'unsup_strong')
+PSEUDO_LABEL_SOURCES = ('teacher', 'student')
+PREDICT_ON = ('teacher', 'student')
+_TRAIN_DEFAULTS = dict(
+    threshold=0.95, lambda_u=1.0, pseudo_label_source='teacher')
+
+
+@MODELS.register_module()
+class FixMatch(BaseClassifier):
+    """FixMatch (Sohn et al., NeurIPS 2020) with a smoothed teacher.
+
+    A student image classifier (``backbone``, ``neck``, ``head``, as
+    :class:`~mmpretrain.models.ImageClassifier`) and a teacher that averages
+    its weights, by default with Spatial-Temporal Smoothing
+    (:class:`~mmsts.models.SpatialTemporalSmoothing`; ``preserve_prob=0`` is
+    the usual EMA, "TMA"). At each training step the labeled images
+    (``sup``), the weak views (``unsup_weak``) and the strong views
+    (``unsup_strong``) of the unlabeled images go through *one* concatenated
+    forward pass of the student, and
+
+    .. math::
+
+        L = \\mathrm{CE}(p_s(x_l), y) + \\lambda_u \\frac{1}{\\mu B}
+            \\sum_b \\mathbb{1}[\\max q_b \\ge \\tau]
+            \\mathrm{CE}(p_s(\\mathcal{A}(u_b)), \\arg\\max q_b)
+
+    where ``q_b`` is the class distribution predicted on the weak view
+    ``u_b``: by the teacher (``pseudo_label_source='teacher'``, no gradient)
+    or by the student in the same concatenated pass, detached (``'student'``,
+    the original FixMatch, where the averaged model is used for evaluation
+    only). The supervised term is the head's own loss.
+
+    The teacher is updated once per training step, at the start of
+    :meth:`loss` and before it predicts, as mmpretrain's BYOL updates its
+    target network (the first update copies the student). A
+    :class:`~mmsts.engine.SpatialTemporalSmoothingHook` can take it over.
+    It runs in the model's mode, i.e. with batch statistics during training,
+    like mmpretrain's momentum encoders.
+
+    Logged besides ``loss_x`` and ``loss_u`` (which includes ``lambda_u``):
+    ``mask_rate``, the fraction of unlabeled images whose confidence reaches
+    the threshold, and, when the unlabeled data samples carry ground-truth
+    labels, ``pseudo_label_acc`` (over all unlabeled images) and
+    ``masked_pseudo_label_acc`` (over the confident ones; 0 when there are
+    none). They stay on the device: the step adds no host synchronisation.
+
+    The state dict holds the student (``student.*``) and the teacher
+    (``teacher.module.*``, ``teacher.steps``). Either loads into a plain
+    :class:`~mmpretrain.models.ImageClassifier` with ``init_cfg=dict(
+    type='Pretrained', checkpoint=..., prefix='teacher.module.')`` (or
+    ``prefix='student.'``).
+
+    Args:
+        backbone (dict): Config of the backbone.
+        neck (dict, optional): Config of the neck. Defaults to None.
+        head (dict): Config of the classification head.
+        teacher (dict, optional): Arguments of the teacher, an averaged model
+            built around the student: ``type`` defaults to
+            ``'SpatialTemporalSmoothing'``, whose other arguments
+            (``preserve_prob``, ``momentum``, ...) follow MMEngine's convention
+            (``momentum`` is the weight of the *student*: FixMatch's EMA decay
+            0.999 is ``momentum=0.001``). Defaults to
+            ``dict(preserve_prob=0.5, momentum=0.001)``.
+        semi_train_cfg (dict, optional): ``threshold`` (confidence threshold
+            tau in (0, 1], a prediction exactly at tau counts as confident;
+            default 0.95), ``lambda_u`` (weight of the unlabeled loss, >= 0;
+            default 1) and ``pseudo_label_source`` (``'teacher'`` or
+            ``'student'``; default ``'teacher'``).
+        semi_test_cfg (dict, optional): ``predict_on``: the model used by
+            :meth:`predict`, ``'teacher'`` (default) or ``'student'``;
+            :class:`~mmsts.engine.TeacherStudentValLoop` switches it to
+            validate both.
+        data_preprocessor (dict, optional): Config of the data preprocessor,
+            typically a ``MultiBranchDataPreprocessor`` wrapping a
+            ``ClsDataPreprocessor``. Defaults to None
+            (:class:`~mmengine.model.BaseDataPreprocessor`).
+        init_cfg (dict, optional): Initialization config. Defaults to None.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 neck: Optional[dict] = None,
+                 teacher: Optional[dict] = None,
+                 semi_train_cfg: Optional[dict] = None,
+                 semi_test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[Union[dict, nn.Module]] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        train_cfg = _check_train_cfg(semi_train_cfg)
+        test_cfg = dict(predict_on='teacher')
+        test_cfg.update(semi_test_cfg or {})
+        _check_predict_on('semi_test_cfg.predict_on', test_cfg['predict_on'])
+        if isinstance(data_preprocessor, dict):
+            data_preprocessor = MODELS.build(data_preprocessor)
+        super().__init__(
+            init_cfg=init_cfg, data_preprocessor=data_preprocessor)
+        self.semi_train_cfg = train_cfg
+        self.semi_test_cfg = test_cfg
+        # The student receives preprocessed batches from this model.
+        self.student = ImageClassifier(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            data_preprocessor=BaseDataPreprocessor())
+        teacher_cfg = dict(
+            type='SpatialTemporalSmoothing', preserve_prob=0.5, momentum=0.001)
+        teacher_cfg.update(copy.deepcopy(dict(teacher or {})))
+        if 'model' in teacher_cfg:
+            raise ValueError('`teacher` must not set `model`: the teacher is '
+                             'built around the student')
+        self.teacher = MODELS.build(dict(teacher_cfg, model=self.student))
+        if not isinstance(self.teacher, BaseAveragedModel):
+            raise TypeError(
+                '`teacher.type` must build a BaseAveragedModel, but got '
+                f'{type(self.teacher).__name__} from {teacher_cfg["type"]!r}')
+
+    @property
+    def threshold(self) -> float:
+        """The confidence threshold tau."""
+        return self.semi_train_cfg['threshold']
+
+    @property
+    def lambda_u(self) -> float:
+        """The weight of the unlabeled loss."""
+        return self.semi_train_cfg['lambda_u']
+
+    def init_weights(self) -> None:
+        """Initialize the student, and start the teacher as its copy."""
+        super().init_weights()
+        if int(self.teacher.steps) == 0:  # never updated (e.g. not resumed)
+            self.teacher.module.load_state_dict(self.student.state_dict())
+
+    # ------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------
+    def _classifier(self, model: Optional[str] = None) -> ImageClassifier:
+        name = self.semi_test_cfg['predict_on'] if model is None else model
+        _check_predict_on('model', name)
+        return self.teacher.module if name == 'teacher' else self.student
+
+    def forward(self,
+                inputs: Union[Tensor, Dict[str, Tensor]],
+                data_samples: Optional[Union[List[DataSample],
+                                             Dict[str, list]]] = None,
+                mode: str = 'tensor'):
+        """``'tensor'`` (logits), ``'loss'`` or ``'predict'``, as
+        :class:`~mmpretrain.models.ImageClassifier`; ``'tensor'`` and
+        ``'predict'`` use the model named by ``semi_test_cfg.predict_on``."""
+        if mode == 'tensor':
+            return self._classifier()(inputs, mode='tensor')
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        raise RuntimeError(f'Invalid mode "{mode}".')
+
+    def extract_feat(self, inputs: Tensor, stage: str = 'neck'):
+        """Features of the model named by ``semi_test_cfg.predict_on``, see
+        :meth:`mmpretrain.models.ImageClassifier.extract_feat`."""
+        return self._classifier().extract_feat(inputs, stage=stage)
+
+    def predict(self,
+                inputs: Tensor,
+                data_samples: Optional[List[DataSample]] = None,
+                model: Optional[str] = None,
+                **kwargs) -> List[DataSample]:
+        """Predict with the teacher or the student.
+
+        Args:
+            inputs (Tensor): Images, ``(N, C, H, W)``.
+            data_samples (List[DataSample], optional): Their data samples.
+                Defaults to None.
+            model (str, optional): ``'teacher'`` or ``'student'``; None uses
+                ``semi_test_cfg.predict_on``. Defaults to None.
+            **kwargs: Passed to the head's ``predict``.
+        """
+        return self._classifier(model).predict(inputs, data_samples, **kwargs)
+
+    # ------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------
+    def loss(self, inputs: Dict[str, Tensor],
+             data_samples: Dict[str, List[DataSample]]) -> Dict[str, Tensor]:
+        """Update the teacher, then compute the FixMatch losses.
+
+        Args:
+            inputs (dict[str, Tensor]): Preprocessed images of the branches
+                ``sup`` (B), ``unsup_weak`` and ``unsup_strong`` (mu B each,
+                the two views of the same images in the same order).
+            data_samples (dict[str, list[DataSample]]): Their data samples;
+                ``sup`` ones carry the labels.
+
+        Returns:
+            dict[str, Tensor]: ``loss_x``, ``loss_u``, ``mask_rate`` and, if
+            the unlabeled samples have labels, ``pseudo_label_acc`` and
+            ``masked_pseudo_label_acc``.
+        """
+        _check_branches(inputs, data_samples)
+        sizes = [inputs[b].shape[0] for b in BRANCHES]
+        if sizes[1] != sizes[2]:
+            raise ValueError('`unsup_weak` and `unsup_strong` must hold the '
+                             'two views of the same images, but got '
+                             f'{sizes[1]} and {sizes[2]} images')
+        self.teacher.update_parameters(self.student)
+
+        feats = self.student.extract_feat(
+            torch.cat([inputs[b] for b in BRANCHES]))
+        # One tuple of features per branch (a neck may return several).
+        sup_feats, weak_feats, strong_feats = zip(
+            *[f.split(sizes) for f in feats])
+        sup_losses = self.student.head.loss(sup_feats, data_samples['sup'])
+        losses = {
+            ('loss_x' if k == 'loss' else k): v
+            for k, v in sup_losses.items()
+        }
+
+        if self.semi_train_cfg['pseudo_label_source'] == 'teacher':
+            with torch.no_grad():
+                weak_logits = self.teacher(inputs['unsup_weak'])
+        else:
+            weak_logits = self.student.head(weak_feats).detach()
+        probs = weak_logits.float().softmax(dim=1)
+        confidence, pseudo_labels = probs.max(dim=1)
+        mask = (confidence >= self.threshold).to(probs.dtype)
+        strong_logits = self.student.head(strong_feats)
+        loss_u = F.cross_entropy(
+            strong_logits, pseudo_labels, reduction='none') * mask
+        losses['loss_u'] = self.lambda_u * loss_u.mean()
+        losses['mask_rate'] = mask.mean()
+        losses.update(
+            _pseudo_label_accuracy(pseudo_labels, mask,
+                                   data_samples['unsup_weak']))
+        return losses
+
+
+def _check_train_cfg(cfg: Optional[dict]) -> dict:
+    """Fill in and validate ``semi_train_cfg``."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(_TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f'Unknown keys {unknown} in `semi_train_cfg`; '
+                         f'expected some of {sorted(_TRAIN_DEFAULTS)}')
+    cfg = {**_TRAIN_DEFAULTS, **cfg}
+    threshold = cfg['threshold']
+    if not _is_number(threshold) or not 0 < threshold <= 1:
+        raise ValueError('`semi_train_cfg.threshold` must be in (0, 1], but '
+                         f'got {threshold!r}')
+    lambda_u = cfg['lambda_u']
+    if not _is_number(lambda_u) or not lambda_u >= 0:  # also rejects NaN
+        raise ValueError('`semi_train_cfg.lambda_u` must be a number >= 0, '
+                         f'but got {lambda_u!r}')
+    source = cfg['pseudo_label_source']
+    if source not in PSEUDO_LABEL_SOURCES:
+        raise ValueError('`semi_train_cfg.pseudo_label_source` must be one '
+                         f'of {PSEUDO_LABEL_SOURCES}, but got {source!r}')
+    cfg['threshold'], cfg['lambda_u'] = float(threshold), float(lambda_u)
+    return cfg
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_predict_on(key: str, value) -> None:
+    if value not in PREDICT_ON:
+        raise ValueError(
+            f'`{key}` must be one of {PREDICT_ON}, but got {value!r}')
+
+
+def _check_branches(inputs, data_samples) -> None:
+    for name, obj in (('inputs', inputs), ('data_samples', data_samples)):
+        missing = [
+            b for b in BRANCHES
+            if not isinstance(obj, dict) or obj.get(b) is None
+        ]
+        if missing:
+            found = sorted(obj) if isinstance(obj, dict) else type(obj)
+            raise ValueError(
+                f'FixMatch.loss needs `{name}` with the branches {BRANCHES} '
+                f'(from MultiBranch + MultiBranchDataPreprocessor), but '
+                f'{missing} are missing; got {found}')
+
+
+def _pseudo_label_accuracy(
+        pseudo_labels: Tensor, mask: Tensor,
+        data_samples: List[DataSample]) -> Dict[str, Tensor]:
+    """Accuracy of the pseudo-labels, if the unlabeled samples have labels."""
+    if not data_samples or not all('gt_label' in s for s in data_samples):
+        return {}
+    gt = torch.cat([s.gt_label for s in data_samples]).to(pseudo_labels)
+    correct = (pseudo_labels == gt).to(mask.dtype)
+    return dict(
+        pseudo_label_acc=correct.mean(),
+        masked_pseudo_label_acc=(correct * mask).sum() /
+        mask.sum().clamp_min(1))
