@@ -19,6 +19,16 @@ from mmsts.utils import fix_collate_fn_scope
 pytest_plugins = []
 
 
+@pytest.fixture(autouse=True)
+def _unformatted_config_text(monkeypatch):
+    """Skip yapf when runners log and dump their config: formatting the
+    semi-supervised configs (long RandAugment lists) takes seconds each
+    time and is most of a tiny runner's start-up. The text stays valid
+    Python, only unformatted; no test checks its layout."""
+    monkeypatch.setattr('mmengine.config.config.FormatCode',
+                        lambda text, **kwargs: (text, None))
+
+
 def make_imagenet_folder(root: str, num_classes: int = 2,
                          per_class: int = 4, size: int = 40) -> str:
     """Write ImageNet's layout: ``root/{train,val}/<wnid>/<name>.JPEG`` and
@@ -189,6 +199,24 @@ def assert_follows_sts(calls, masks):
         seen.update(call['kinds'])
     assert all(c['buffers_copied'] for c in calls)
     return seen
+
+
+class StopAfterEpoch(Hook):
+    """Interrupt training after an epoch, once its checkpoint is saved, as
+    a killed job would be.
+
+    Args:
+        epoch (int): The last epoch (1-based) to train.
+    """
+
+    priority = 'LOWEST'
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 >= self.epoch:
+            runner.train_loop.stop_training = True
 
 
 def make_cifar_pickles(root: str, num_classes: int = 10, per_class: int = 6,

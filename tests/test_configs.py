@@ -104,14 +104,6 @@ def _unscoped(obj):
     return obj
 
 
-@pytest.fixture(autouse=True)
-def _unformatted_config_dumps(monkeypatch):
-    """Skip yapf when runners log and dump their config (most of a tiny
-    runner's start-up time); the text is not what these tests check."""
-    monkeypatch.setattr('mmengine.config.config.FormatCode',
-                        lambda text, **kwargs: (text, None))
-
-
 def _method(path: str) -> str:
     return osp.relpath(path, osp.join(REPO, 'configs')).split(osp.sep)[0]
 

@@ -158,17 +158,6 @@ def test_fixmatch_cosine_lr_bad_arguments(kwargs, match):
 # ----------------------------------------------------------------------
 # Short runs of every config
 # ----------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fast_config_text(monkeypatch):
-    """Skip yapf in ``Config.pretty_text``, which the runner calls when it
-    starts and at every checkpoint: formatting these configs (FixMatch's
-    RandAugment list, nested in three pipelines) takes seconds each time.
-    The text stays valid Python, only unformatted."""
-    import mmengine.config.config as config_module
-    monkeypatch.setattr(config_module, 'FormatCode', lambda text, **kwargs:
-                        (text, None))
-
-
 @pytest.fixture(scope='module')
 def cifar_roots(tmp_path_factory):
     root = tmp_path_factory.mktemp('cifar')

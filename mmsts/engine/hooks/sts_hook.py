@@ -60,7 +60,8 @@ class SpatialTemporalSmoothingHook(Hook):
         student (str): Attribute of the student, for plain teacher modules
             only. Defaults to ``'student'``.
         seed (int, optional): Seed of the masks; None uses the runner's
-            seed (the same on all ranks). Defaults to None.
+            seed on rank 0, on every rank (``diff_rank_seed`` offsets
+            ``runner.seed`` by the rank). Defaults to None.
         nonfinite (str): ``'skip'`` the update when the student holds
             NaN/Inf (and warn), or ``'raise'``, or ``'none'`` (no check).
             Defaults to ``'skip'``.
