@@ -532,3 +532,28 @@ def test_sync_free_update_parameters_never_reads_device_values(
             sts.update_parameters(student)
     assert int(sts.steps) == 4
     assert 0 < sts.pop_statistics()['update_fraction'] < 1
+
+
+@pytest.mark.parametrize('sync_free', [False, True])
+def test_nonfinite_buffers_stay_out_of_the_teacher(monkeypatch, sync_free):
+    """BN statistics of a student that went NaN are not copied into the
+    teacher, on the host path and on the sync-free (accelerator) path; the
+    step counts once in ``nonfinite_steps`` although both its parameters and
+    its buffers were non-finite."""
+    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free',
+                        sync_free)
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    teacher = SpatialTemporalSmoothing(student, preserve_prob=0.0,
+                                       momentum=0.5)
+    teacher.update_parameters(student)  # step 0: the copy
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        student[0].weight[0, 0, 0, 0] = float('nan')
+        student[1].running_mean.fill_(float('nan'))
+    teacher.update_parameters(student)
+    after = teacher.state_dict()
+    for key in ('module.0.weight', 'module.1.running_mean',
+                'module.1.running_var'):
+        assert torch.equal(after[key], before[key]), key
+    assert teacher.pop_statistics()['nonfinite_steps'] == 1

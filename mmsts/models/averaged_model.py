@@ -218,10 +218,9 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         elif steps % self.interval == 0:
             self.smoother.step(self._avg, source, steps, self._total_steps())
         if not self.update_buffers and self._buffers_avg:
-            torch._foreach_copy_(self._buffers_avg, [
-                b.to(a.device) for b, a in zip(model.buffers(),
-                                              self._buffers_avg)
-            ])
+            # Guarded like the parameters: NaN BN statistics stay out.
+            self.smoother.copy_(self._buffers_avg, list(model.buffers()),
+                                steps)
         self.steps.add_(1)
         self._host_steps = steps + 1
         self._last_source = source

@@ -41,7 +41,9 @@ class FragmentMaskGenerator:
             :func:`stream_id`. Defaults to 0.
     """
 
-    def __init__(self, preserve_prob: float, seed: int = 0,
+    def __init__(self,
+                 preserve_prob: float,
+                 seed: int = 0,
                  stream: int = 0) -> None:
         self.preserve_prob = float(preserve_prob)
         self.seed = int(seed)
@@ -178,7 +180,10 @@ class FragmentMaskGenerator:
         generator = torch.Generator(device=device)
         generator.manual_seed(self._sub_seed(step, substream))
         draws = torch.randint(
-            0, _BULK_LEVELS, (num, ), generator=generator, device=device,
+            0,
+            _BULK_LEVELS, (num, ),
+            generator=generator,
+            device=device,
             dtype=torch.int32)
         return draws >= threshold
 

@@ -17,14 +17,14 @@ the default). ``'channel'`` (one output channel, i.e. one slice along dim 0)
 and ``'element'`` are extensions of mmsts, not from the paper.
 """
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .masks import HOST_BLOCK, FragmentMaskGenerator, split_sizes
+from .host_kernels import HostFineUpdate
+from .masks import FragmentMaskGenerator, split_sizes
 from .schedules import (ConstantMomentum, MomentumSchedule,
                         check_unit_interval)
 
@@ -53,203 +53,6 @@ def relative_distance(teacher: Sequence[Tensor],
     den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
         list(student))))
     return num / den.clamp_min(torch.finfo(den.dtype).tiny)
-
-
-#: Elements of one in-cache piece of the CPU fine update (a multiple of 4
-#: dividing ``HOST_BLOCK``).
-_HOST_CHUNK = 1 << 16
-_HOST_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
-
-
-def _run_threads(work: Callable[[list], int], units: list,
-                 elements: int) -> int:
-    """Run ``work`` on interleaved shares of ``units`` on up to as many
-    threads as torch's intra-op pool (at most one per ``HOST_BLOCK`` of the
-    ``elements`` touched), and sum what it returns. numpy releases the GIL
-    in its loops and in its random draws, so the threads run in parallel."""
-    workers = min(torch.get_num_threads(), len(units),
-                  -(-elements // HOST_BLOCK))
-    if workers <= 1:
-        return work(units)
-    with ThreadPoolExecutor(workers, thread_name_prefix='mmsts') as pool:
-        shares = [units[k::workers] for k in range(workers)]
-        return sum(pool.map(work, shares))
-
-
-class HostFineUpdate:
-    """The ``'channel'``/``'element'`` STS update of float CPU tensors.
-
-    Torch's CPU path would need a teacher-sized random draw, a float weight
-    tensor and several passes over memory. Here each thread draws whole
-    blocks of the mask (:data:`~mmsts.smoothing.masks.HOST_BLOCK`
-    fragments, each block from its own counter-derived generator, so the
-    masks do not depend on the number of threads) and applies them in
-    cache-sized pieces: the teacher and the student are read once, the
-    teacher written once, and no teacher-sized buffer is allocated.
-
-    * ``'element'``: ``t += w * (s - t)`` with ``w = momentum`` where the
-      element is updated, else 0, so a preserved element is unchanged
-      (``momentum=1`` selects bits, so updated elements are exact copies).
-    * ``'channel'``: only the selected rows are gathered, moved toward the
-      student and scattered back.
-
-    Args:
-        masks (FragmentMaskGenerator): Draws the masks.
-        granularity (str): ``'channel'`` or ``'element'``.
-    """
-
-    def __init__(self, masks: FragmentMaskGenerator, granularity: str) -> None:
-        self.masks = masks
-        self.granularity = granularity
-        self._plans: Dict[tuple, list] = {}
-
-    @staticmethod
-    def supports(t_list: List[Tensor], s_list: List[Tensor]) -> bool:
-        """Whether the tensors of a group can be updated on the host."""
-        return all(
-            t.device.type == 'cpu' and t.is_contiguous()
-            and s.is_contiguous() and t.dtype in (torch.float32,
-                                                  torch.float64)
-            for t, s in zip(t_list, s_list))
-
-    def __call__(self, t_list: List[Tensor], s_list: List[Tensor],
-                 momentum: float, step: int, substream: int) -> int:
-        """Update ``t_list`` in place; return the number of updated
-        fragments."""
-        teacher = [t.detach().numpy() for t in t_list]
-        student = [s.detach().numpy() for s in s_list]
-        if self.granularity == 'element':
-            updated = self._element(teacher, student, momentum, step,
-                                    substream)
-        else:
-            updated = self._channel(teacher, student, momentum, step,
-                                    substream)
-        # numpy wrote behind autograd's back.
-        torch.autograd.graph.increment_version(t_list)
-        return updated
-
-    # ------------------------------------------------------------------
-    # 'element'
-    # ------------------------------------------------------------------
-    def _element_plan(self, sizes: Tuple[int, ...]) -> list:
-        """For each piece of ``_HOST_CHUNK`` elements of the concatenated
-        tensors: ``(tensor, begin, end, offset in the piece)`` runs."""
-        plan = self._plans.get(sizes)
-        if plan is not None:
-            return plan
-        starts = np.cumsum((0, ) + sizes).tolist()
-        plan, index = [], 0
-        for begin in range(0, starts[-1], _HOST_CHUNK):
-            end = min(begin + _HOST_CHUNK, starts[-1])
-            runs = []
-            while index < len(sizes) and starts[index] < end:
-                lo, hi = max(begin, starts[index]), min(end, starts[index + 1])
-                if hi > lo:
-                    runs.append((index, lo - starts[index],
-                                 hi - starts[index], lo - begin))
-                if starts[index + 1] > end:
-                    break
-                index += 1
-            plan.append(runs)
-        if len(self._plans) >= 8:  # a teacher has one or two groups
-            self._plans.clear()
-        self._plans[sizes] = plan
-        return plan
-
-    def _element(self, teacher, student, momentum, step, substream) -> int:
-        sizes = tuple(t.size for t in teacher)
-        num = sum(sizes)
-        plan = self._element_plan(sizes)
-        per_block = HOST_BLOCK // _HOST_CHUNK
-        dtype = teacher[0].dtype
-        momentum = dtype.type(momentum)
-        as_int = _HOST_INT[dtype]
-
-        def work(blocks) -> int:
-            scratch = np.empty(_HOST_CHUNK, dtype)
-            weight = np.empty(_HOST_CHUNK, dtype)
-            updated = 0
-            for block in blocks:
-                masks = self.masks.host_block_masks(step, num, block,
-                                                    _HOST_CHUNK, substream)
-                runs_of = plan[block * per_block:(block + 1) * per_block]
-                for mask, runs in zip(masks, runs_of):
-                    updated += int(np.count_nonzero(mask))
-                    if momentum == 1:
-                        _select_runs(teacher, student, runs, mask, scratch,
-                                     weight.view(as_int))
-                    else:
-                        _lerp_runs(teacher, student, runs, mask, momentum,
-                                   scratch, weight)
-            return updated
-
-        return _run_threads(work, list(range(-(-num // HOST_BLOCK))), num)
-
-    # ------------------------------------------------------------------
-    # 'channel'
-    # ------------------------------------------------------------------
-    def _channel(self, teacher, student, momentum, step, substream) -> int:
-        teacher = [t.reshape(t.shape[0] if t.ndim else 1, -1) for t in teacher]
-        student = [s.reshape(t.shape) for s, t in zip(student, teacher)]
-        rows = [t.shape[0] for t in teacher]
-        mask = self.masks.host_update_mask(step, sum(rows), substream)
-        starts = np.cumsum([0] + rows).tolist()
-        units = []
-        for index, t in enumerate(teacher):
-            chosen = np.flatnonzero(mask[starts[index]:starts[index + 1]])
-            per_unit = max(1, _HOST_CHUNK // max(t.shape[1], 1))
-            units.extend((index, chosen[i:i + per_unit])
-                         for i in range(0, chosen.size, per_unit))
-        dtype = teacher[0].dtype
-        momentum = dtype.type(momentum)
-
-        def work(share) -> int:
-            for index, chosen in share:
-                t, s = teacher[index], student[index]
-                if momentum == 1:
-                    t[chosen] = np.take(s, chosen, axis=0)
-                    continue
-                old = np.take(t, chosen, axis=0)
-                diff = np.take(s, chosen, axis=0)
-                np.subtract(diff, old, out=diff)
-                np.multiply(diff, momentum, out=diff)
-                np.add(old, diff, out=old)
-                t[chosen] = old
-            return 0
-
-        _run_threads(work, units, sum(t.size for t in teacher))
-        return int(np.count_nonzero(mask))
-
-
-def _lerp_runs(teacher, student, runs, mask, momentum, scratch,
-               weight) -> None:
-    """``t += w * (s - t)`` on the runs of one piece, ``w`` = ``momentum``
-    where ``mask`` else 0."""
-    weight = weight[:mask.size]
-    np.copyto(weight, mask)
-    np.multiply(weight, momentum, out=weight)
-    for index, begin, end, at in runs:
-        t = teacher[index].reshape(-1)[begin:end]
-        diff = scratch[:end - begin]
-        np.subtract(student[index].reshape(-1)[begin:end], t, out=diff)
-        np.multiply(diff, weight[at:at + end - begin], out=diff)
-        np.add(t, diff, out=t)
-
-
-def _select_runs(teacher, student, runs, mask, scratch, select) -> None:
-    """``t = s`` where ``mask`` on the runs of one piece, bit-exact:
-    ``t ^= (t ^ s) & select`` with ``select`` all ones where updated."""
-    select = select[:mask.size]
-    np.copyto(select, mask)
-    np.negative(select, out=select)
-    bits = scratch.view(select.dtype)
-    for index, begin, end, at in runs:
-        t = teacher[index].reshape(-1)[begin:end].view(select.dtype)
-        flip = bits[:end - begin]
-        np.bitwise_xor(t, student[index].reshape(-1)[begin:end].view(
-            select.dtype), out=flip)
-        np.bitwise_and(flip, select[at:at + end - begin], out=flip)
-        np.bitwise_xor(t, flip, out=t)
 
 
 class SpatialTemporalSmoother:
@@ -351,7 +154,7 @@ class SpatialTemporalSmoother:
             self._record_fraction(float(flags.sum()), len(teacher))
             chosen = np.flatnonzero(flags).tolist()
             for t_list, s_list, _ in self._groups(teacher, student, chosen):
-                self._apply(t_list, s_list, momentum, weights=None)
+                self._apply(t_list, s_list, momentum, step, weights=None)
         else:
             for group, (t_list, s_list, _) in enumerate(
                     self._groups(teacher, student, range(len(teacher)))):
@@ -383,14 +186,15 @@ class SpatialTemporalSmoother:
         if self.preserve_prob == 0.0:
             # Every fragment is updated, whatever the draws: plain lerp.
             self._record_fraction(num, num)
-            self._apply(t_list, s_list, momentum, weights=None)
+            self._apply(t_list, s_list, momentum, step, weights=None)
             return
         if self._force_sync_free or not HostFineUpdate.supports(
                 t_list, s_list):
             weights = self._fine_weights(t_list, step, group)
-            self._apply(t_list, s_list, momentum, weights)
+            self._apply(t_list, s_list, momentum, step, weights)
             return
-        if self.nonfinite != 'none' and self._guard(s_list)[0] is None:
+        if self.nonfinite != 'none' and self._guard(s_list,
+                                                    step)[0] is None:
             # Skipped; count the fragments drawn, as the other paths do.
             mask = self.masks.host_update_mask(step, num, substream=group)
             self._record_fraction(int(np.count_nonzero(mask)), num)
@@ -419,14 +223,15 @@ class SpatialTemporalSmoother:
         return weights
 
     def _apply(self, t_list: List[Tensor], s_list: List[Tensor],
-               momentum: float, weights: Optional[List[Tensor]]) -> None:
+               momentum: float, step: int,
+               weights: Optional[List[Tensor]]) -> None:
         """``t = t + momentum * weight * (s - t)`` on one (device, dtype)
         group, in a few fused kernels."""
         if not t_list:
             return
         ok = None
         if self.nonfinite != 'none':
-            s_list, ok = self._guard(s_list)
+            s_list, ok = self._guard(s_list, step)
             if s_list is None:  # found on the host: skip this group
                 return
         if weights is None and ok is None:
@@ -436,18 +241,17 @@ class SpatialTemporalSmoother:
                 torch._foreach_lerp_(t_list, s_list, momentum)
             return
         if weights is None:
-            # One 0-dim device weight, shared by every tensor of the group.
+            # One 0-dim device weight, shared by every tensor of the group;
+            # lerp is exact at both ends (0 keeps, 1 copies).
             scale = ok.to(t_list[0].dtype) * momentum
-            diff = torch._foreach_sub(s_list, t_list)
-            torch._foreach_mul_(diff, scale)
-            torch._foreach_add_(t_list, diff)
+            torch._foreach_lerp_(t_list, s_list, [scale] * len(t_list))
             return
         if ok is not None:
             momentum = ok.to(t_list[0].dtype) * momentum
         torch._foreach_mul_(weights, momentum)
         torch._foreach_lerp_(t_list, s_list, weights)
 
-    def _guard(self, s_list: List[Tensor]):
+    def _guard(self, s_list: List[Tensor], step: int):
         """Detect NaN/Inf in the student without a host sync.
 
         Returns the student tensors to use and a 0-dim bool device tensor
@@ -460,22 +264,66 @@ class SpatialTemporalSmoother:
         total = torch.stack(torch._foreach_norm(s_list)).sum()
         ok = torch.isfinite(total)
         if s_list[0].device.type == 'cpu' and not self._force_sync_free:
+            self._note_finite(bool(ok), step)
             if bool(ok):
                 return s_list, None
-            self._nonfinite_steps += 1
             if self.nonfinite == 'raise':
                 raise NonFiniteStudentError(
                     'The student holds NaN/Inf values; the teacher update '
                     "was skipped (nonfinite='raise').")
             return None, None
         # Stays on the device: no sync until pop_statistics().
-        self._nonfinite_steps = self._nonfinite_steps + (~ok).long()
+        self._note_finite(ok, step)
         int_dtype = _INT_VIEW.get(s_list[0].dtype)
         if int_dtype is None:
             return s_list, ok
         bits = torch._foreach_mul([s.view(int_dtype) for s in s_list],
                                   ok.to(int_dtype))
         return [b.view(s.dtype) for b, s in zip(bits, s_list)], ok
+
+    @torch.no_grad()
+    def copy_(self, dst: Sequence[Tensor], src: Sequence[Tensor],
+              step: int) -> None:
+        """Copy ``src`` into ``dst`` (e.g. BN statistics from the student to
+        the teacher) under the same NaN/Inf policy as :meth:`step`: float
+        tensors are not copied at a step where ``src`` holds NaN/Inf.
+
+        Args:
+            dst (Sequence[Tensor]): Tensors written in place.
+            src (Sequence[Tensor]): Tensors of the same shapes.
+            step (int): The update count; a step counts once in
+                ``nonfinite_steps`` however many groups were skipped.
+        """
+        pairs = [(d, s.to(d)) for d, s in zip(dst, src)]
+        floats = [(d, s) for d, s in pairs if d.dtype.is_floating_point]
+        others = [(d, s) for d, s in pairs if not d.dtype.is_floating_point]
+        if others:
+            torch._foreach_copy_(*map(list, zip(*others)))
+        if not floats:
+            return
+        d_list, s_list = map(list, zip(*floats))
+        if self.nonfinite == 'none':
+            torch._foreach_copy_(d_list, s_list)
+            return
+        self._apply(d_list, s_list, 1.0, step, weights=None)
+
+    def _note_finite(self, ok: Union[bool, Tensor], step: int) -> None:
+        """Remember whether the student was finite in a group at ``step``;
+        a step counts once in ``nonfinite_steps``."""
+        if step != self._flag_step:
+            self._commit_flags()
+            self._flag_step = step
+        self._flags.append(ok)
+
+    def _commit_flags(self) -> None:
+        host_bad = not all(f for f in self._flags if isinstance(f, bool))
+        device = [f for f in self._flags if isinstance(f, Tensor)]
+        if device:  # stays on the device
+            bad = (~torch.stack(device).all()) | host_bad
+            self._nonfinite_steps = self._nonfinite_steps + bad.long()
+        else:
+            self._nonfinite_steps += int(host_bad)
+        self._flags = []
 
     # ------------------------------------------------------------------
     # Statistics
@@ -487,6 +335,8 @@ class SpatialTemporalSmoother:
         self._updated: Union[float, Tensor] = 0.0
         self._fragments = 0
         self._nonfinite_steps: Union[int, Tensor] = 0
+        self._flags: List[Union[bool, Tensor]] = []
+        self._flag_step: Optional[int] = None
 
     def _record_fraction(self, updated, total: int) -> None:
         self._updated = self._updated + updated
@@ -506,6 +356,7 @@ class SpatialTemporalSmoother:
             NonFiniteStudentError: if ``nonfinite='raise'`` and a step was
                 skipped on device since the last call.
         """
+        self._commit_flags()
         fraction = float(self._updated) / max(self._fragments, 1)
         nonfinite = int(self._nonfinite_steps)
         self._reset_statistics()

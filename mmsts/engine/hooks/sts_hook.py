@@ -283,7 +283,9 @@ class SpatialTemporalSmoothingHook(Hook):
                 step=runner.iter + 1,
                 total_steps=runner.max_iters)
             if self.copy_buffers:
-                _copy_buffers(teacher, student)
+                smoother.copy_(
+                    list(teacher.buffers()), list(student.buffers()),
+                    step=runner.iter + 1)
         if self.every_n_train_iters(runner, self.log_interval):
             self._log(runner)
 
@@ -384,13 +386,10 @@ def _check_same_shapes(name: str, teacher: nn.Module,
 
 
 @torch.no_grad()
-def _copy_buffers(dst: nn.Module, src: nn.Module) -> None:
-    dst_buffers = list(dst.buffers())
-    if dst_buffers:
-        torch._foreach_copy_(dst_buffers, list(src.buffers()))
-
-
-@torch.no_grad()
 def _copy_module(dst: nn.Module, src: nn.Module) -> None:
-    torch._foreach_copy_(list(dst.parameters()), list(src.parameters()))
-    _copy_buffers(dst, src)
+    """Start a plain teacher as a copy of the student."""
+    for dst_tensors, src_tensors in ((dst.parameters(), src.parameters()),
+                                     (dst.buffers(), src.buffers())):
+        dst_tensors = list(dst_tensors)
+        if dst_tensors:
+            torch._foreach_copy_(dst_tensors, list(src_tensors))

@@ -1,0 +1,222 @@
+"""The ``'channel'``/``'element'`` STS update of float CPU tensors in numpy.
+
+Torch's CPU random numbers and multi-pass kernels make the fine
+granularities several times slower than an EMA update on a CPU; this kernel
+draws the masks in blocks and applies them in cache-sized pieces instead.
+"""
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .masks import HOST_BLOCK, FragmentMaskGenerator
+
+#: Elements of one in-cache piece of the CPU fine update (a multiple of 4
+#: dividing ``HOST_BLOCK``).
+_HOST_CHUNK = 1 << 16
+_HOST_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def _run_threads(work: Callable[[list], int], units: list,
+                 elements: int) -> int:
+    """Run ``work`` on interleaved shares of ``units`` on up to as many
+    threads as torch's intra-op pool (at most one per ``HOST_BLOCK`` of the
+    ``elements`` touched), and sum what it returns. numpy releases the GIL
+    in its loops and in its random draws, so the threads run in parallel."""
+    workers = min(torch.get_num_threads(), len(units),
+                  -(-elements // HOST_BLOCK))
+    if workers <= 1:
+        return work(units)
+    with ThreadPoolExecutor(workers, thread_name_prefix='mmsts') as pool:
+        shares = [units[k::workers] for k in range(workers)]
+        return sum(pool.map(work, shares))
+
+
+class HostFineUpdate:
+    """The ``'channel'``/``'element'`` STS update of float CPU tensors.
+
+    Torch's CPU path would need a teacher-sized random draw, a float weight
+    tensor and several passes over memory. Here each thread draws whole
+    blocks of the mask (:data:`~mmsts.smoothing.masks.HOST_BLOCK`
+    fragments, each block from its own counter-derived generator, so the
+    masks do not depend on the number of threads) and applies them in
+    cache-sized pieces: the teacher and the student are read once, the
+    teacher written once, and no teacher-sized buffer is allocated.
+
+    * ``'element'``: ``t += w * (s - t)`` with ``w = momentum`` where the
+      element is updated, else 0, as ``torch.lerp`` with a 0/``momentum``
+      weight: a preserved element is unchanged unless the student holds
+      NaN/Inf there, which only ``nonfinite='none'`` lets through.
+      ``momentum=1`` selects bits instead: updated elements are exact copies
+      and preserved ones are never touched.
+    * ``'channel'``: only the selected rows are gathered, moved toward the
+      student and scattered back.
+
+    Args:
+        masks (FragmentMaskGenerator): Draws the masks.
+        granularity (str): ``'channel'`` or ``'element'``.
+    """
+
+    def __init__(self, masks: FragmentMaskGenerator, granularity: str) -> None:
+        self.masks = masks
+        self.granularity = granularity
+        self._plans: Dict[tuple, list] = {}
+
+    @staticmethod
+    def supports(t_list: List[Tensor], s_list: List[Tensor]) -> bool:
+        """Whether the tensors of a group can be updated on the host."""
+        return all(
+            t.device.type == 'cpu' and t.is_contiguous() and s.is_contiguous()
+            and t.dtype in (torch.float32, torch.float64)
+            for t, s in zip(t_list, s_list))
+
+    def __call__(self, t_list: List[Tensor], s_list: List[Tensor],
+                 momentum: float, step: int, substream: int) -> int:
+        """Update ``t_list`` in place; return the number of updated
+        fragments."""
+        teacher = [t.detach().numpy() for t in t_list]
+        student = [s.detach().numpy() for s in s_list]
+        if self.granularity == 'element':
+            updated = self._element(teacher, student, momentum, step,
+                                    substream)
+        else:
+            updated = self._channel(teacher, student, momentum, step,
+                                    substream)
+        # numpy wrote behind autograd's back.
+        torch.autograd.graph.increment_version(t_list)
+        return updated
+
+    # ------------------------------------------------------------------
+    # 'element'
+    # ------------------------------------------------------------------
+    def _element_plan(self, sizes: Tuple[int, ...]) -> list:
+        """For each piece of ``_HOST_CHUNK`` elements of the concatenated
+        tensors: ``(tensor, begin, end, offset in the piece)`` runs."""
+        plan = self._plans.get(sizes)
+        if plan is not None:
+            return plan
+        starts = np.cumsum((0, ) + sizes).tolist()
+        plan, index = [], 0
+        for begin in range(0, starts[-1], _HOST_CHUNK):
+            end = min(begin + _HOST_CHUNK, starts[-1])
+            runs = []
+            while index < len(sizes) and starts[index] < end:
+                lo, hi = max(begin, starts[index]), min(end, starts[index + 1])
+                if hi > lo:
+                    runs.append((index, lo - starts[index], hi - starts[index],
+                                 lo - begin))
+                if starts[index + 1] > end:
+                    break
+                index += 1
+            plan.append(runs)
+        if len(self._plans) >= 8:  # a teacher has one or two groups
+            self._plans.clear()
+        self._plans[sizes] = plan
+        return plan
+
+    def _element(self, teacher, student, momentum, step, substream) -> int:
+        teacher = [t.reshape(-1) for t in teacher]
+        student = [s.reshape(-1) for s in student]
+        sizes = tuple(t.size for t in teacher)
+        num = sum(sizes)
+        plan = self._element_plan(sizes)
+        per_block = HOST_BLOCK // _HOST_CHUNK
+        dtype = teacher[0].dtype
+        momentum = dtype.type(momentum)
+        as_int = _HOST_INT[dtype]
+
+        def work(blocks) -> int:
+            scratch = np.empty(_HOST_CHUNK, dtype)
+            weight = np.empty(_HOST_CHUNK, dtype)
+            updated = 0
+            for block in blocks:
+                masks = self.masks.host_block_masks(step, num, block,
+                                                    _HOST_CHUNK, substream)
+                runs_of = plan[block * per_block:(block + 1) * per_block]
+                for mask, runs in zip(masks, runs_of):
+                    updated += int(np.count_nonzero(mask))
+                    if momentum == 1:
+                        _select_runs(teacher, student, runs, mask, scratch,
+                                     weight.view(as_int))
+                    else:
+                        _lerp_runs(teacher, student, runs, mask, momentum,
+                                   scratch, weight)
+            return updated
+
+        return _run_threads(work, list(range(-(-num // HOST_BLOCK))), num)
+
+    # ------------------------------------------------------------------
+    # 'channel'
+    # ------------------------------------------------------------------
+    def _channel(self, teacher, student, momentum, step, substream) -> int:
+        teacher = [_as_rows(t) for t in teacher]
+        student = [s.reshape(t.shape) for s, t in zip(student, teacher)]
+        rows = [t.shape[0] for t in teacher]
+        mask = self.masks.host_update_mask(step, sum(rows), substream)
+        starts = np.cumsum([0] + rows).tolist()
+        units = []
+        for index, t in enumerate(teacher):
+            chosen = np.flatnonzero(mask[starts[index]:starts[index + 1]])
+            per_unit = max(1, _HOST_CHUNK // max(t.shape[1], 1))
+            units.extend((index, chosen[i:i + per_unit])
+                         for i in range(0, chosen.size, per_unit))
+        dtype = teacher[0].dtype
+        momentum = dtype.type(momentum)
+
+        def work(share) -> int:
+            for index, chosen in share:
+                t, s = teacher[index], student[index]
+                if momentum == 1:
+                    t[chosen] = np.take(s, chosen, axis=0)
+                    continue
+                old = np.take(t, chosen, axis=0)
+                diff = np.take(s, chosen, axis=0)
+                np.subtract(diff, old, out=diff)
+                np.multiply(diff, momentum, out=diff)
+                np.add(old, diff, out=old)
+                t[chosen] = old
+            return 0
+
+        _run_threads(work, units, sum(t.size for t in teacher))
+        return int(np.count_nonzero(mask))
+
+
+def _as_rows(array: np.ndarray) -> np.ndarray:
+    """A 2-D view with one row per channel (a 0-dim tensor is one)."""
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
+
+
+def _lerp_runs(teacher, student, runs, mask, momentum, scratch,
+               weight) -> None:
+    """``t += w * (s - t)`` on the runs of one piece of flat tensors,
+    ``w`` = ``momentum`` where ``mask`` else 0."""
+    weight = weight[:mask.size]
+    np.copyto(weight, mask)
+    np.multiply(weight, momentum, out=weight)
+    for index, begin, end, at in runs:
+        t = teacher[index][begin:end]
+        diff = scratch[:end - begin]
+        np.subtract(student[index][begin:end], t, out=diff)
+        np.multiply(diff, weight[at:at + end - begin], out=diff)
+        np.add(t, diff, out=t)
+
+
+def _select_runs(teacher, student, runs, mask, scratch, select) -> None:
+    """``t = s`` where ``mask`` on the runs of one piece of flat tensors,
+    bit-exact: ``t ^= (t ^ s) & select``, ``select`` all ones where
+    updated."""
+    select = select[:mask.size]
+    np.copyto(select, mask)
+    np.negative(select, out=select)
+    bits = scratch.view(select.dtype)
+    for index, begin, end, at in runs:
+        t = teacher[index][begin:end].view(select.dtype)
+        flip = bits[:end - begin]
+        np.bitwise_xor(
+            t, student[index][begin:end].view(select.dtype), out=flip)
+        np.bitwise_and(flip, select[at:at + end - begin], out=flip)
+        np.bitwise_xor(t, flip, out=t)
