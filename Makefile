@@ -8,7 +8,7 @@ REQS := setup.py requirements/constraints.txt requirements/runtime.txt \
         requirements/mminstall.txt requirements/tests.txt requirements/demo.txt
 PYTEST_ARGS ?=
 
-.PHONY: env demo test benchmark clean
+.PHONY: env demo demo-byol demo-seeds test benchmark clean
 
 env: $(STAMP)
 
@@ -20,8 +20,18 @@ $(STAMP): $(REQS)
 		-e ".[all]"
 	touch $(STAMP)
 
+# FixMatch on scikit-learn's digits, 40 labels: TMA vs STS teacher (CPU).
 demo: $(STAMP)
-	$(PY) tools/demo.py --work-dir work_dirs/demo
+	$(PY) tools/demo/fixmatch_digits.py --work-dir work_dirs/demo/fixmatch
+
+# BYOL on the digits, TMA vs STS, each with linear probes (CPU).
+demo-byol: $(STAMP)
+	$(PY) tools/demo/byol_digits.py --work-dir work_dirs/demo/byol
+
+# The FixMatch comparison over 5 seeds with TMA, SE and STS (long: ~1 h).
+demo-seeds: $(STAMP)
+	$(PY) tools/demo/fixmatch_digits_seeds.py --jobs 2 \
+		--work-dir work_dirs/fixmatch_digits_seeds
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
