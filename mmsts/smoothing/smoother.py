@@ -261,9 +261,11 @@ class SpatialTemporalSmoother:
         costs nothing, the policy is applied at once: ``(None, None)`` means
         "skip", ``(s_list, None)`` "all finite".
         """
-        total = torch.stack(torch._foreach_norm(s_list)).sum()
-        ok = torch.isfinite(total)
         if s_list[0].device.type == 'cpu' and not self._force_sync_free:
+            # A sum is NaN/Inf iff an element is (or the sum overflows,
+            # beyond 3e38); torch's CPU sum is vectorised and threaded, ~3x
+            # faster than _foreach_norm.
+            ok = torch.isfinite(torch.stack([s.sum() for s in s_list]).sum())
             self._note_finite(bool(ok), step)
             if bool(ok):
                 return s_list, None
@@ -272,7 +274,9 @@ class SpatialTemporalSmoother:
                     'The student holds NaN/Inf values; the teacher update '
                     "was skipped (nonfinite='raise').")
             return None, None
-        # Stays on the device: no sync until pop_statistics().
+        # One fused kernel on an accelerator; the flag stays on the device,
+        # no sync until pop_statistics().
+        ok = torch.isfinite(torch.stack(torch._foreach_norm(s_list)).sum())
         self._note_finite(ok, step)
         int_dtype = _INT_VIEW.get(s_list[0].dtype)
         if int_dtype is None:

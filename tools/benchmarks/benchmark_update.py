@@ -138,8 +138,8 @@ def build_candidates(byol: nn.Module, args) -> Dict[str, Callable[[], None]]:
     student = nn.Sequential(byol.backbone, byol.neck)
     cosine_ema = byol.target_net
     ema = ExponentialMovingAverage(student, momentum=args.momentum)
-    teacher = list(cosine_ema.module.parameters())
-    source = list(student.parameters())
+    teacher = [p.detach() for p in cosine_ema.module.parameters()]
+    source = [p.detach() for p in student.parameters()]
     candidates = dict()
     candidates[COSINE_EMA] = lambda: cosine_ema.update_parameters(student)
     candidates[EMA] = lambda: ema.update_parameters(student)
@@ -163,6 +163,10 @@ def build_candidates(byol: nn.Module, args) -> Dict[str, Callable[[], None]]:
     return candidates
 
 
+# Teachers are always updated without autograd (mmpretrain calls
+# update_parameters under no_grad); timed with autograd on, the shared teacher
+# tensors would join a graph that grows every round.
+@torch.no_grad()
 def run(candidates: Dict[str, Callable[[], None]], repeat: int, warmup: int,
         device: torch.device) -> Tuple[Dict[str, List[float]], ...]:
     """Time the candidates round-robin; return the wall-clock times and
