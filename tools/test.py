@@ -7,7 +7,7 @@ Examples::
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 
 Without CUDA, ``--launcher pytorch`` (``dist_test.sh``) runs on CPU with the
-``gloo`` backend, see :func:`mmsts.utils.setup_cpu_distributed`.
+``gloo`` backend, see :func:`mmsts.utils.cpu_distributed`.
 """
 import argparse
 import os
@@ -20,7 +20,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmsts  # noqa: F401  (registers mmsts's modules)
-from mmsts.utils import fix_collate_fn_scope, setup_cpu_distributed
+from mmsts.utils import cpu_distributed, fix_collate_fn_scope
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,11 +110,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
-
-    setup_cpu_distributed(cfg)
+def run_test(cfg: Config, args) -> dict:
+    """Build the runner and test; the runner is freed on return."""
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)
     else:
@@ -127,6 +124,13 @@ def main(argv=None) -> dict:
     if args.out and args.out_item == 'metrics':
         mmengine.dump(metrics, args.out)
     return metrics
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = merge_args(Config.fromfile(args.config), args)
+    with cpu_distributed(cfg):
+        return run_test(cfg, args)
 
 
 if __name__ == '__main__':

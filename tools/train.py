@@ -7,7 +7,7 @@ Examples::
     bash tools/dist_train.sh CONFIG 8                # torchrun, 8 processes
 
 Without CUDA, ``--launcher pytorch`` (``dist_train.sh``) runs on CPU with the
-``gloo`` backend, see :func:`mmsts.utils.setup_cpu_distributed`.
+``gloo`` backend, see :func:`mmsts.utils.cpu_distributed`.
 """
 import argparse
 import os
@@ -19,7 +19,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmsts  # noqa: F401  (registers mmsts's modules)
-from mmsts.utils import fix_collate_fn_scope, setup_cpu_distributed
+from mmsts.utils import cpu_distributed, fix_collate_fn_scope
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -173,12 +173,11 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """Build the runner, after setting up a CPU-only distributed run.
+    """Build the runner.
 
     Args:
         cfg (Config): The merged config.
     """
-    setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
@@ -187,7 +186,8 @@ def build_runner(cfg: Config) -> Runner:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
-    build_runner(cfg).train()
+    with cpu_distributed(cfg):
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -9,10 +9,12 @@ works with the ``gloo`` backend on CPU-only machines (e.g. to test the
 distributed code paths on a laptop or in CI).
 """
 import datetime
+import gc
 import logging
 import os
 import subprocess
-from typing import Dict
+from contextlib import contextmanager
+from typing import Dict, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -80,6 +82,32 @@ def setup_cpu_distributed(cfg: Config) -> bool:
 
     _set_cpu_model_wrapper(cfg)
     return True
+
+
+@contextmanager
+def cpu_distributed(cfg: Config) -> Iterator[bool]:
+    """:func:`setup_cpu_distributed`, then a clean gloo shutdown.
+
+    Build and run the runner inside the ``with`` block and keep no reference
+    to it afterwards: on leaving, the DDP wrapper is freed first (its reducer
+    holds gloo work) and the process group is destroyed, without which
+    processes sometimes abort at exit ("terminate called without an active
+    exception").
+
+    Args:
+        cfg (Config): The config, modified as by
+            :func:`setup_cpu_distributed`.
+
+    Yields:
+        bool: Whether a CPU process group was started.
+    """
+    started = setup_cpu_distributed(cfg)
+    try:
+        yield started
+    finally:
+        if started and torch_dist.is_initialized():
+            gc.collect()
+            torch_dist.destroy_process_group()
 
 
 def init_cpu_process_group(launcher: str,

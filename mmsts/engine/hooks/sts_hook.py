@@ -1,4 +1,5 @@
 """Put Spatial-Temporal Smoothing in charge of a model's teachers."""
+import logging
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -306,7 +307,7 @@ class SpatialTemporalSmoothingHook(Hook):
                     f'{values["nonfinite_steps"]} step(s); those updates '
                     'were skipped.',
                     logger='current',
-                    level=30)
+                    level=logging.WARNING)
             for stat, value in values.items():
                 runner.message_hub.update_scalar(f'train/sts/{name}/{stat}',
                                                  value)
@@ -343,7 +344,7 @@ class SpatialTemporalSmoothingHook(Hook):
                     f'from the resumed checkpoint\'s {saved_seed}; using '
                     f'{saved_seed} so the masks continue exactly.',
                     logger='current',
-                    level=30)
+                    level=logging.WARNING)
             self.seed = saved_seed
 
 
