@@ -18,6 +18,8 @@
 #       dataset=dict(datasets=[labeled_dataset, _base_.unlabeled_dataset]))
 # or, on the command line:
 #   --cfg-options train_dataloader.dataset.datasets.0.num_per_class=25
+_base_ = ['./pipelines/fixmatch_randaugment.py']
+
 custom_imports = dict(imports=['mmsts'], allow_failed_imports=False)
 
 dataset_type = 'CIFAR10'
@@ -44,68 +46,9 @@ data_preprocessor = dict(
         std=[51.5865, 50.847, 51.255],
         to_rgb=False))
 
-# FixMatch's RandAugment (the variant with a random magnitude per op): two
-# ops drawn with replacement from this list, each always applied, with a
-# magnitude drawn uniformly from its range. mmpretrain's RandAugment maps
-# magnitude m ~ U(0, magnitude_level) to
-# m / total_level * (range[1] - range[0]) + range[0], i.e. U(range) with
-# magnitude_level = total_level and magnitude_std='inf'. The enhance ops apply
-# the factor 1 + m, and `random_negative_prob` (0.5 by default) flips the
-# sign of m, so the FixMatch ranges become:
-fixmatch_randaug_policies = [
-    dict(type='AutoContrast', prob=1.0),
-    # Brightness, Color, Contrast, Sharpness: factor in [0.05, 0.95].
-    dict(
-        type='Brightness',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(
-        type='ColorTransform',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(
-        type='Contrast',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(type='Equalize', prob=1.0),
-    dict(type='Compose', transforms=[]),  # Identity
-    # bits = ceil(U(3, 7)) is 4, 5, 6 or 7 with equal odds: FixMatch's
-    # int(U(4, 8)).
-    dict(type='Posterize', magnitude_range=(3, 7), prob=1.0),
-    dict(type='Rotate', magnitude_range=(0, 30), prob=1.0),  # +-30 degrees
-    dict(
-        type='Sharpness',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    # Shear and translation (a fraction of the size) in [-0.3, 0.3].
-    dict(
-        type='Shear',
-        magnitude_range=(0, 0.3),
-        direction='horizontal',
-        interpolation='nearest',
-        prob=1.0),
-    dict(
-        type='Shear',
-        magnitude_range=(0, 0.3),
-        direction='vertical',
-        interpolation='nearest',
-        prob=1.0),
-    dict(type='Solarize', magnitude_range=(0, 256), prob=1.0),  # threshold
-    dict(
-        type='Translate',
-        magnitude_range=(0, 0.3),
-        direction='horizontal',
-        prob=1.0),
-    dict(
-        type='Translate',
-        magnitude_range=(0, 0.3),
-        direction='vertical',
-        prob=1.0),
-]
+# FixMatch's RandAugment list (pipelines/fixmatch_randaugment.py explains the
+# magnitude ranges).
+fixmatch_randaug_policies = _base_.fixmatch_randaug_policies
 
 # Weak augmentation: pad by 12.5 % (4 px) with reflection, crop back to
 # 32 px, flip. mmpretrain 1.2.0's RandomCrop ignores `padding_mode` when

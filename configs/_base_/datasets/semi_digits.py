@@ -13,6 +13,8 @@
 #   labeled_dataset.num_per_class = 10
 #   train_dataloader = dict(
 #       dataset=dict(datasets=[labeled_dataset, _base_.unlabeled_dataset]))
+_base_ = ['./pipelines/fixmatch_randaugment.py']
+
 custom_imports = dict(imports=['mmsts'], allow_failed_imports=False)
 
 dataset_type = 'Digits'
@@ -37,58 +39,9 @@ data_preprocessor = dict(
         std=[95.7, 95.7, 95.7],
         to_rgb=False))
 
-# The FixMatch RandAugment list of semi_cifar10.py (see the explanation of
-# the magnitude ranges there).
-fixmatch_randaug_policies = [
-    dict(type='AutoContrast', prob=1.0),
-    dict(
-        type='Brightness',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(
-        type='ColorTransform',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(
-        type='Contrast',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(type='Equalize', prob=1.0),
-    dict(type='Compose', transforms=[]),  # Identity
-    dict(type='Posterize', magnitude_range=(3, 7), prob=1.0),
-    dict(type='Rotate', magnitude_range=(0, 30), prob=1.0),
-    dict(
-        type='Sharpness',
-        magnitude_range=(-0.95, -0.05),
-        random_negative_prob=0.0,
-        prob=1.0),
-    dict(
-        type='Shear',
-        magnitude_range=(0, 0.3),
-        direction='horizontal',
-        interpolation='nearest',
-        prob=1.0),
-    dict(
-        type='Shear',
-        magnitude_range=(0, 0.3),
-        direction='vertical',
-        interpolation='nearest',
-        prob=1.0),
-    dict(type='Solarize', magnitude_range=(0, 256), prob=1.0),
-    dict(
-        type='Translate',
-        magnitude_range=(0, 0.3),
-        direction='horizontal',
-        prob=1.0),
-    dict(
-        type='Translate',
-        magnitude_range=(0, 0.3),
-        direction='vertical',
-        prob=1.0),
-]
+# FixMatch's RandAugment list (pipelines/fixmatch_randaugment.py explains the
+# magnitude ranges).
+fixmatch_randaug_policies = _base_.fixmatch_randaug_policies
 
 # Weak augmentation: upsample, pad by 12.5 % (2 px) with reflection and
 # crop back (in two steps, see `reflect_pad_crop` in semi_cifar10.py).
