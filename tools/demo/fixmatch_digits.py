@@ -86,7 +86,9 @@ def build_config(variant: str, work_dir: str, seed: int,
         scheduler['end'] = max_iters
     cfg.default_hooks.checkpoint.interval = max_iters
     cfg.default_hooks.logger.interval = max(1, val_interval)
-    cfg.log_level = 'WARNING'
+    # ERROR: MMEngine's optimizer constructor warns once per (frozen)
+    # teacher parameter, ~100 lines that would bury the progress bar.
+    cfg.log_level = 'ERROR'
     return cfg
 
 
