@@ -22,7 +22,7 @@ data_preprocessor = dict(
 # and rotate a little (no flip: a flipped digit is another symbol, or none),
 # jitter brightness and contrast (the images are grey, so no saturation or
 # hue), blur, and solarize the second view only.
-view_pipeline1 = [
+common_view_pipeline = [
     dict(type='Resize', scale=24, interpolation='bilinear'),
     dict(type='RandomResizedCrop', scale=24, crop_ratio_range=(0.5, 1.0)),
     dict(
@@ -36,31 +36,12 @@ view_pipeline1 = [
         type='RandomApply',
         transforms=[dict(type='ColorJitter', brightness=0.4, contrast=0.4)],
         prob=0.8),
-    dict(
-        type='GaussianBlur',
-        magnitude_range=(0.1, 1.0),
-        magnitude_std='inf',
-        prob=1.0),
 ]
-view_pipeline2 = [
-    dict(type='Resize', scale=24, interpolation='bilinear'),
-    dict(type='RandomResizedCrop', scale=24, crop_ratio_range=(0.5, 1.0)),
-    dict(
-        type='Rotate',
-        magnitude_range=(0, 15),
-        magnitude_std='inf',
-        pad_val=0,
-        prob=0.5,
-        interpolation='bilinear'),
-    dict(
-        type='RandomApply',
-        transforms=[dict(type='ColorJitter', brightness=0.4, contrast=0.4)],
-        prob=0.8),
-    dict(
-        type='GaussianBlur',
-        magnitude_range=(0.1, 1.0),
-        magnitude_std='inf',
-        prob=0.1),
+blur = dict(type='GaussianBlur', magnitude_range=(0.1, 1.0),
+            magnitude_std='inf')
+view_pipeline1 = common_view_pipeline + [dict(blur, prob=1.0)]
+view_pipeline2 = common_view_pipeline + [
+    dict(blur, prob=0.1),
     dict(type='Solarize', thr=128, prob=0.2),
 ]
 train_pipeline = [
