@@ -15,6 +15,7 @@ import os.path as osp
 
 import mmengine
 from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -121,7 +122,8 @@ def run_test(cfg: Config, args) -> dict:
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
     metrics = runner.test()
-    if args.out and args.out_item == 'metrics':
+    # Every rank holds the gathered metrics; one writes them.
+    if args.out and args.out_item == 'metrics' and is_main_process():
         mmengine.dump(metrics, args.out)
     return metrics
 
