@@ -153,15 +153,15 @@ class SpatialTemporalSmoother:
             flags = self.masks.update_flags(step, len(teacher))
             self._record_fraction(float(flags.sum()), len(teacher))
             chosen = np.flatnonzero(flags).tolist()
-            for t_list, s_list, _ in self._groups(teacher, student, chosen):
+            for t_list, s_list in self._groups(teacher, student, chosen):
                 self._apply(t_list, s_list, momentum, step, weights=None)
         else:
-            for group, (t_list, s_list, _) in enumerate(
+            for group, (t_list, s_list) in enumerate(
                     self._groups(teacher, student, range(len(teacher)))):
                 self._apply_fine(t_list, s_list, momentum, step, group)
 
     def _groups(self, teacher, student,
-                indices) -> List[Tuple[List[Tensor], List[Tensor], tuple]]:
+                indices) -> List[Tuple[List[Tensor], List[Tensor]]]:
         """Split the chosen pairs by (device, dtype), as foreach kernels need."""
         groups: Dict[tuple, Tuple[list, list]] = defaultdict(lambda: ([], []))
         for i in indices:
@@ -170,11 +170,11 @@ class SpatialTemporalSmoother:
             t_list.append(t)
             s_list.append(student[i])
         out = []
-        for key, (t_list, s_list) in groups.items():
+        for t_list, s_list in groups.values():
             if any(s.device != t.device or s.dtype != t.dtype
                    for s, t in zip(s_list, t_list)):
                 s_list = [s.to(t) for s, t in zip(s_list, t_list)]
-            out.append((t_list, s_list, key))
+            out.append((t_list, s_list))
         return out
 
     def _apply_fine(self, t_list: List[Tensor], s_list: List[Tensor],

@@ -12,7 +12,8 @@ from mmpretrain.registry import HOOKS
 
 from mmsts.models import SpatialTemporalSmoothing, momentum_schedule_of
 from mmsts.smoothing import (GRANULARITIES, MOMENTUM_SCHEDULES,
-                             NONFINITE_POLICIES, SpatialTemporalSmoother,
+                             NONFINITE_POLICIES, CosineMomentum,
+                             SpatialTemporalSmoother,
                              build_momentum_schedule, check_unit_interval,
                              relative_distance, stream_id)
 
@@ -228,8 +229,8 @@ class SpatialTemporalSmoothingHook(Hook):
     def _schedule(self, host_schedule):
         """The hook's momentum options over the host teacher's schedule."""
         kind = self.momentum_schedule or (
-            'cosine' if host_schedule is not None
-            and hasattr(host_schedule, 'end_momentum') else 'constant')
+            'cosine' if isinstance(host_schedule, CosineMomentum) else
+            'constant')
         momentum = self.momentum if self.momentum is not None else \
             host_schedule.momentum
         if kind == 'constant':
