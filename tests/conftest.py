@@ -15,6 +15,9 @@ from PIL import Image
 import mmsts  # noqa: F401  (registers the modules)
 from mmsts.utils import fix_collate_fn_scope
 
+#: The repository's root directory.
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 # The mmcv-lite warning about compiled ops is expected on this stack.
 pytest_plugins = []
 

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import BYOL_CFG, StopAfterEpoch, small_selfsup_cfg
+from conftest import REPO_ROOT, BYOL_CFG, StopAfterEpoch, small_selfsup_cfg
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import Runner, set_random_seed
@@ -25,7 +25,6 @@ from mmengine.utils import digit_version
 
 from mmsts.models import SpatialTemporalSmoothing
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STS_HOOK = dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.7)
 MOMENTUM_KEY = 'train/sts/target_net/momentum'
 

@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import make_cifar_pickles
+from conftest import REPO_ROOT, make_cifar_pickles
 from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
@@ -17,7 +17,7 @@ from mmsts.datasets import MultiSourceSampler
 
 LABELED, UNLABELED = 10, 37  # source sizes
 CONFIGS = osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
+    REPO_ROOT, 'configs', '_base_',
     'datasets')
 
 

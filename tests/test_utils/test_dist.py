@@ -16,11 +16,11 @@ from mmengine.fileio import load
 from mmengine.registry import MODEL_WRAPPERS
 from mmpretrain.registry import MODELS
 
-from conftest import BYOL_CFG, small_selfsup_cfg
+from conftest import REPO_ROOT, BYOL_CFG, small_selfsup_cfg
 from mmsts.utils import setup_cpu_distributed
 from mmsts.utils.dist import CPUDistributedDataParallel, torchrun_env
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 
 # Imported by the training processes through `custom_imports`: saves what
 # each rank holds at the end of the run.

@@ -5,8 +5,9 @@ import os.path as osp
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 sys.path.insert(0, osp.join(REPO, 'tools', 'demo'))
 
 import fixmatch_digits  # noqa: E402

@@ -14,11 +14,11 @@ from mmengine.optim.scheduler.param_scheduler import INF
 from mmengine.runner import Runner
 
 import mmsts  # noqa: F401  (registers the modules)
-from conftest import make_cifar_pickles
+from conftest import REPO_ROOT, make_cifar_pickles
 from mmsts.engine import FixMatchCosineLR
 
 CONFIG_DIR = osp.join(
-    osp.dirname(osp.dirname(__file__)), 'configs', 'fixmatch')
+    REPO_ROOT, 'configs', 'fixmatch')
 CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, 'fixmatch_*.py')))
 CIFAR_CONFIGS = [p for p in CONFIGS if '_cifar' in p]
 # fixmatch_{backbone}_{teacher}_{gpus}xb{B}-mu{mu}-{iters}_{data}-{N}labels

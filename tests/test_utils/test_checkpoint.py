@@ -8,13 +8,12 @@ import uuid
 
 import pytest
 import torch
-from conftest import BYOL_CFG, small_selfsup_cfg
+from conftest import REPO_ROOT, BYOL_CFG, small_selfsup_cfg
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmsts.models import SpatialTemporalSmoothing
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # Runs with plain mmpretrain; every check is an assert, so a failure exits
 # non-zero with the reason on stderr.

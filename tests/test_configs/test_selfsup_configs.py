@@ -18,9 +18,9 @@ from mmpretrain.registry import MODELS
 from mmsts.models import SpatialTemporalSmoothing
 from mmsts.smoothing import ConstantMomentum, CosineMomentum
 
-from conftest import _set_key, small_selfsup_cfg
+from conftest import REPO_ROOT, _set_key, small_selfsup_cfg
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 METHODS = ('byol', 'mocov2')
 # The digits demo configs use another data set; they have their own tests.
 PRETRAIN_CONFIGS = sorted(

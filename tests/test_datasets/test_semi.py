@@ -6,7 +6,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-from conftest import make_cifar_pickles
+from conftest import REPO_ROOT, make_cifar_pickles
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
@@ -19,7 +19,7 @@ from mmsts.datasets import LabeledSubset
 from mmsts.models import MultiBranchDataPreprocessor
 
 CONFIGS = osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
+    REPO_ROOT, 'configs', '_base_',
     'datasets')
 PER_CLASS = 6  # training images per class of the tiny CIFARs
 

@@ -12,9 +12,10 @@ from mmpretrain.structures import DataSample
 from sklearn.datasets import load_digits, load_sample_image
 
 from mmsts.datasets import MultiBranch
+from conftest import REPO_ROOT
 
 CONFIGS = osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
+    REPO_ROOT, 'configs', '_base_',
     'datasets')
 BRANCHES = ['sup', 'unsup_weak', 'unsup_strong']
 FIXMATCH_OPS = {

@@ -17,9 +17,9 @@ from mmengine.fileio import load
 from mmpretrain.models import ResNet
 from mmpretrain.registry import MODELS
 
-from conftest import BYOL_CFG, small_selfsup_cfg
+from conftest import REPO_ROOT, BYOL_CFG, small_selfsup_cfg
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 TOOLS = osp.join(REPO, 'tools')
 LINEAR_PROBE_CFG = \
     'mmpretrain::byol/benchmarks/resnet50_8xb512-linear-coslr-90e_in1k.py'

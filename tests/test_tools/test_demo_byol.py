@@ -10,8 +10,8 @@ import torch
 from mmengine.config import Config
 
 import mmsts  # noqa: F401  (allow-lists MMEngine checkpoints for torch.load)
+from conftest import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _load_tool(*parts):

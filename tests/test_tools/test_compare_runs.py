@@ -8,8 +8,8 @@ import os.path as osp
 import matplotlib.image
 import pytest
 from mmengine.visualization import LocalVisBackend
+from conftest import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _load_tool():
