@@ -1,12 +1,28 @@
-"""Extract the teacher's (or the student's) backbone from a training
-checkpoint, for mmpretrain's linear-probe and fine-tuning benchmarks.
+"""Extract a backbone from a training checkpoint, for mmpretrain's
+linear-probe and fine-tuning benchmarks.
 
-Teachers are found from the keys: every averaged model ``<name>`` (a key
-``<name>.steps`` next to ``<name>.module.*``), e.g. BYOL ``target_net``,
-MoCo v2 / DenseCL ``encoder_k``, MoCo v3 ``momentum_encoder``, an mmsts
-FixMatch ``teacher``. Its backbone is ``<name>.module.0.*`` (a
-``Sequential(backbone, neck)``) or ``<name>.module.backbone.*`` (a whole
-classifier). The student's is ``backbone.*`` or ``student.backbone.*``.
+``--source`` chooses the model:
+
+* ``teacher`` (default): the momentum teacher inside the model, the one the
+  STS hook smooths. Teachers are found from the keys: every averaged model
+  ``<name>`` (a key ``<name>.steps`` next to ``<name>.module.*``), e.g. BYOL
+  ``target_net``, MoCo v2 / DenseCL ``encoder_k``, MoCo v3
+  ``momentum_encoder``, an mmsts FixMatch ``teacher``. Its backbone is
+  ``<name>.module.0.*`` (a ``Sequential(backbone, neck)``) or
+  ``<name>.module.backbone.*`` (a whole classifier).
+* ``student``: the trained (online / query) network, ``backbone.*`` or
+  ``student.backbone.*``.
+* ``ema``: the average of the whole model kept by MMEngine's ``EMAHook``
+  (e.g. ``EMAHook(ema_type='SpatialTemporalSmoothing')`` on a supervised
+  classifier: there, this average is the STS teacher), the backbone of the
+  averaged student.
+
+A checkpoint saved with ``EMAHook`` holds two copies of the model, swapped by
+``EMAHook.before_save_checkpoint`` so that the checkpoint deploys the
+average: ``state_dict`` holds the *averaged* weights, and ``ema_state_dict``
+(keys ``module.<model key>`` and ``steps``) the *live* ones. ``student`` and
+``teacher`` are read from the live weights, ``ema`` from the average; a
+checkpoint without ``ema_state_dict`` holds the live weights only.
 
 The output holds ``{'state_dict': {'backbone.<key>': tensor}, 'meta': ...}``,
 which the benchmark configs load as they are::
@@ -32,10 +48,14 @@ from mmengine.runner import CheckpointLoader
 
 import mmsts  # noqa: F401  (allow-lists MMEngine checkpoint types)
 
+#: The models ``--source`` can name.
+SOURCES = ('teacher', 'student', 'ema')
 #: Where a teacher keeps its backbone, after ``<name>.``.
 TEACHER_BACKBONES = ('module.0.', 'module.backbone.')
 #: Where a model keeps its student's backbone.
 STUDENT_BACKBONES = ('backbone.', 'student.backbone.')
+#: Key prefix of the model's weights in EMAHook's ``ema_state_dict``.
+EMA_PREFIX = 'module.'
 OUT_PREFIX = 'backbone.'
 
 
@@ -77,6 +97,38 @@ def summarize_keys(state_dict: Dict[str, torch.Tensor],
     return listed + (f', ... ({more} more groups)' if more > 0 else '')
 
 
+def split_ema(
+    checkpoint: dict
+) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]],
+           Optional[int]]:
+    """The live and the EMAHook-averaged model weights of a checkpoint.
+
+    ``EMAHook.before_save_checkpoint`` stores the average of the model in
+    ``state_dict`` and the live weights in ``ema_state_dict`` under
+    ``module.<key>``; this undoes the swap.
+
+    Args:
+        checkpoint (dict): An MMEngine checkpoint or a bare state dict.
+
+    Returns:
+        tuple: The live model's state dict; the averaged model's (None when
+        the checkpoint has no ``ema_state_dict``); EMAHook's update count
+        (None likewise).
+    """
+    if 'state_dict' not in checkpoint:  # a bare state dict
+        return checkpoint, None, None
+    state_dict = checkpoint['state_dict']
+    ema_state = checkpoint.get('ema_state_dict')
+    if not ema_state:
+        return state_dict, None, None
+    live = dict(state_dict)
+    for key, value in ema_state.items():
+        if key.startswith(EMA_PREFIX):
+            live[key[len(EMA_PREFIX):]] = value
+    steps = ema_state.get('steps')
+    return live, state_dict, None if steps is None else int(steps)
+
+
 def backbone_prefix(state_dict: Dict[str, torch.Tensor],
                     source: str = 'teacher',
                     teacher: Optional[str] = None) -> Tuple[str, str]:
@@ -102,7 +154,7 @@ def backbone_prefix(state_dict: Dict[str, torch.Tensor],
         teachers = find_teachers(state_dict)
         if teacher is not None:
             if teacher not in teachers:
-                raise ValueError(f'teacher={teacher!r} is not an averaged '
+                raise ValueError(f'--teacher {teacher} is not an averaged '
                                  f'model of the checkpoint; found {teachers}')
             name = teacher
         elif len(teachers) == 1:
@@ -133,28 +185,66 @@ def extract_backbone(checkpoint: dict,
     """Make a backbone checkpoint from a training checkpoint.
 
     Args:
-        checkpoint (dict): An MMEngine checkpoint (``state_dict`` and
-            ``meta``) or a bare state dict.
-        source (str): ``'teacher'`` or ``'student'``. Defaults to
-            ``'teacher'``, the model the paper evaluates.
+        checkpoint (dict): An MMEngine checkpoint (``state_dict``, and
+            ``ema_state_dict`` when saved with ``EMAHook``, and ``meta``) or
+            a bare state dict.
+        source (str): ``'teacher'`` (the momentum teacher inside the model),
+            ``'student'`` (the live student) or ``'ema'`` (EMAHook's
+            average of the student). Defaults to ``'teacher'``, the model
+            the paper evaluates.
         teacher (str, optional): Name of the teacher, when the model has
-            several. Defaults to None.
+            several; only with ``source='teacher'``. Defaults to None.
 
     Returns:
         dict: ``state_dict`` (keys ``backbone.*``) and ``meta`` (plain
         Python values, so it loads with ``torch.load(weights_only=True)``).
+
+    Raises:
+        ValueError: If the checkpoint has no such backbone, or the options
+            do not fit together.
     """
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    prefix, name = backbone_prefix(state_dict, source, teacher)
+    if source not in SOURCES:
+        raise ValueError(f'--source must be one of {SOURCES}, but got '
+                         f'{source!r}')
+    if teacher is not None and source != 'teacher':
+        raise ValueError(f'--teacher {teacher} chooses a teacher, so it '
+                         f'needs --source teacher, but got --source {source}')
+    live, averaged, ema_steps = split_ema(checkpoint)
+    if source == 'ema':
+        if averaged is None:
+            raise ValueError(
+                '--source ema: the checkpoint has no `ema_state_dict`, so '
+                'it was not saved by a run with EMAHook; use --source '
+                'teacher or --source student')
+        state_dict, entry = averaged, 'state_dict'
+        prefix, name = backbone_prefix(averaged, 'student')
+    else:
+        state_dict = live
+        entry = 'state_dict' if averaged is None else 'ema_state_dict'
+        if (source == 'teacher' and averaged is not None
+                and not find_teachers(live)):
+            raise ValueError(
+                'no teacher (averaged model: `<name>.steps` with '
+                '`<name>.module.*` keys) in the model, but the checkpoint '
+                "holds EMAHook's average of the whole model "
+                f'(`ema_state_dict`, {ema_steps} updates): extract that '
+                'with --source ema; the model\'s keys are '
+                f'{summarize_keys(live)}')
+        prefix, name = backbone_prefix(live, source, teacher)
     backbone = {
         OUT_PREFIX + k[len(prefix):]: v.detach().clone()
         for k, v in state_dict.items() if k.startswith(prefix)
     }
     meta = dict(
-        source=source, source_prefix=prefix, mmsts_version=mmsts.__version__)
+        source=source,
+        source_prefix=prefix,
+        checkpoint_entry=entry,
+        mmsts_version=mmsts.__version__)
     if name:
         meta['teacher'] = name
-        meta['teacher_steps'] = int(state_dict[f'{name}.steps'])
+        meta['teacher_steps'] = int(live[f'{name}.steps'])
+    if source == 'ema' and ema_steps is not None:
+        meta['ema_steps'] = ema_steps
     old_meta = checkpoint.get('meta') or {}
     for key in ('epoch', 'iter', 'seed', 'experiment_name',
                 'mmengine_version'):
@@ -167,20 +257,25 @@ def extract_backbone(checkpoint: dict,
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='Extract the teacher (or student) backbone of a '
-        'training checkpoint as `backbone.*` weights')
+        description='Extract the backbone of the teacher, the student or '
+        "EMAHook's average from a training checkpoint, as `backbone.*` "
+        'weights')
     parser.add_argument('checkpoint', help='training checkpoint')
     parser.add_argument('out', help='output file')
     parser.add_argument(
         '--source',
-        choices=['teacher', 'student'],
+        choices=SOURCES,
         default='teacher',
-        help='which model to extract. Defaults to the teacher, as the '
-        'official STS code evaluates it')
+        help='which model to extract: `teacher`, the momentum teacher '
+        'inside the model (BYOL target_net, MoCo encoder_k, FixMatch '
+        'teacher; what the STS hook smooths; default, as the official STS '
+        'code evaluates it); `student`, the live trained network; `ema`, '
+        "the average of the model kept by MMEngine's EMAHook (the STS "
+        "teacher of `EMAHook(ema_type='SpatialTemporalSmoothing')`)")
     parser.add_argument(
         '--teacher',
         help='name of the teacher (e.g. target_net), when the model has '
-        'several')
+        'several; with --source teacher only')
     return parser.parse_args(argv)
 
 
@@ -194,13 +289,22 @@ def main(argv=None) -> None:
         sys.exit(f'extract_backbone.py: {args.checkpoint}: {err}')
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     torch.save(out, args.out)
+    meta = out['meta']
     num_params = sum(v.numel() for k, v in out['state_dict'].items()
                      if v.is_floating_point())
+    what = dict(
+        teacher=f'teacher {meta.get("teacher")}',
+        student='student',
+        ema="EMAHook's average")[args.source]
+    keys = meta['source_prefix'] + '*'
+    if meta['checkpoint_entry'] == 'ema_state_dict':
+        keys = EMA_PREFIX + keys
     print_log(
-        f'Saved the {args.source} backbone ({out["meta"]["source_prefix"]}*'
-        f': {len(out["state_dict"])} tensors, {num_params} values) to '
-        f'{args.out}; load it with init_cfg=dict(type="Pretrained", '
-        f'checkpoint="{args.out}", prefix="{OUT_PREFIX}")',
+        f'Saved the backbone of the {what} ({meta["checkpoint_entry"]} '
+        f'{keys}: {len(out["state_dict"])} tensors, '
+        f'{num_params} values) to {args.out}; load it with '
+        f'init_cfg=dict(type="Pretrained", checkpoint="{args.out}", '
+        f'prefix="{OUT_PREFIX}")',
         logger='current')
 
 
