@@ -1,7 +1,10 @@
 """tools/model_converters/extract_backbone.py on checkpoints of real short
 runs: a classifier with ``EMAHook(ema_type='SpatialTemporalSmoothing')``,
-BYOL with the STS hook *and* an EMAHook."""
+BYOL with the STS hook *and* an EMAHook, and the refusal to overwrite the
+training checkpoint."""
+import hashlib
 import importlib.util
+import os
 import os.path as osp
 import uuid
 
@@ -284,3 +287,57 @@ def test_sts_teacher_and_ema_hook_average_are_both_extractable(
     assert_same(unprefixed(student), byol_run['student'])
     ema = run_extract(ckpt, tmp_path / 'ema.pth', '--source', 'ema')
     assert_same(unprefixed(ema), byol_run['ema'])
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A small BYOL-like checkpoint, and its bytes' digest."""
+    t = torch.arange(4.)
+    path = tmp_path / 'work' / 'epoch_1.pth'
+    path.parent.mkdir()
+    torch.save(
+        dict(
+            state_dict={
+                'backbone.w': t,
+                'target_net.module.0.w': t + 1,
+                'target_net.steps': torch.tensor(1)
+            },
+            meta={}), str(path))
+    return path
+
+
+def digest(path) -> str:
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize('spelling',
+                         ['same', 'dot', 'dotdot', 'symlink', 'hardlink'])
+def test_refuses_to_overwrite_the_checkpoint(small_checkpoint, spelling,
+                                             monkeypatch):
+    work = small_checkpoint.parent
+    monkeypatch.chdir(work)
+    before = digest(small_checkpoint)
+    ckpt = str(small_checkpoint)
+    if spelling == 'same':
+        out = ckpt
+    elif spelling == 'dot':
+        ckpt, out = 'epoch_1.pth', './epoch_1.pth'
+    elif spelling == 'dotdot':
+        out = str(work / '..' / 'work' / 'epoch_1.pth')
+    elif spelling == 'symlink':
+        out = str(work / 'latest.pth')
+        os.symlink(ckpt, out)
+    else:
+        out = str(work / 'hardlink.pth')
+        os.link(ckpt, out)
+    message = run_extract_fails(ckpt, out)
+    assert f'out {out} is the input checkpoint {ckpt}' in message
+    assert digest(small_checkpoint) == before
+
+
+def test_writes_another_file(small_checkpoint):
+    out = small_checkpoint.parent / 'sub' / 'teacher.pth'
+    result = run_extract(small_checkpoint, out)
+    assert torch.equal(result['state_dict']['backbone.w'],
+                       torch.arange(4.) + 1)

@@ -255,13 +255,27 @@ def extract_backbone(checkpoint: dict,
     return dict(state_dict=backbone, meta=meta)
 
 
+def same_file(path: str, other: str) -> bool:
+    """Whether two paths name the same file, through ``./``, ``..``,
+    symbolic links or hard links.
+
+    Args:
+        path (str): A path.
+        other (str): Another path; it need not exist.
+    """
+    if osp.exists(path) and osp.exists(other):
+        return osp.samefile(path, other)
+    return osp.realpath(path) == osp.realpath(other)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Extract the backbone of the teacher, the student or '
         "EMAHook's average from a training checkpoint, as `backbone.*` "
         'weights')
     parser.add_argument('checkpoint', help='training checkpoint')
-    parser.add_argument('out', help='output file')
+    parser.add_argument(
+        'out', help='output file; must not be the training checkpoint')
     parser.add_argument(
         '--source',
         choices=SOURCES,
@@ -281,6 +295,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if same_file(args.checkpoint, args.out):
+        sys.exit(f'extract_backbone.py: out {args.out} is the input '
+                 f'checkpoint {args.checkpoint}; writing it would overwrite '
+                 'the training checkpoint: choose another output file')
     checkpoint = CheckpointLoader.load_checkpoint(
         args.checkpoint, map_location='cpu')
     try:
