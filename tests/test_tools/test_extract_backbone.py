@@ -1,7 +1,8 @@
 """tools/model_converters/extract_backbone.py on checkpoints of real short
 runs: a classifier with ``EMAHook(ema_type='SpatialTemporalSmoothing')``,
 BYOL with the STS hook *and* an EMAHook, and the refusal to overwrite the
-training checkpoint."""
+training checkpoint; finding teachers from the keys. (The train -> extract
+-> linear probe chain is in test_train_test_tools.py.)"""
 import hashlib
 import importlib.util
 import os
@@ -15,6 +16,7 @@ from mmengine.config import Config
 from mmengine.hooks import EMAHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+from mmpretrain.registry import MODELS
 
 TOOL = osp.join(REPO_ROOT, 'tools', 'model_converters', 'extract_backbone.py')
 #: A ResNet-18 with 8 stem / base channels: 64 output channels.
@@ -235,6 +237,60 @@ def test_teacher_option_needs_source_teacher(tmp_path):
     assert '--teacher target_net' in message
     assert '--source student' in message
     assert not osp.exists(tmp_path / 'out.pth')
+
+
+def test_extract_backbone_without_teacher_names_the_keys(tmp_path):
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type='ResNet', depth=18),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=2, in_channels=512)))
+    ckpt = str(tmp_path / 'classifier.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    with pytest.raises(SystemExit) as err:
+        extract.main([ckpt, str(tmp_path / 'out.pth')])
+    message = str(err.value.code)
+    assert ckpt in message and 'no teacher' in message
+    assert 'backbone.layer1.* ' in message and 'head.fc.* ' in message
+    assert not osp.exists(tmp_path / 'out.pth')
+    # The student's backbone is there.
+    extract.main([ckpt, str(tmp_path / 'out.pth'), '--source', 'student'])
+    assert osp.exists(tmp_path / 'out.pth')
+
+
+def test_find_teachers_from_key_prefixes():
+    t = torch.zeros(1)
+    mocov3 = {
+        'backbone.conv1.weight': t,
+        'momentum_encoder.module.0.conv1.weight': t,
+        'momentum_encoder.module.1.fc.weight': t,
+        'momentum_encoder.steps': t,
+    }
+    assert extract.backbone_prefix(mocov3) == ('momentum_encoder.module.0.',
+                                               'momentum_encoder')
+    # A whole classifier as teacher (mmsts FixMatch), student inside too.
+    fixmatch = {
+        'student.backbone.conv1.weight': t,
+        'student.head.fc.weight': t,
+        'teacher.module.backbone.conv1.weight': t,
+        'teacher.module.head.fc.weight': t,
+        'teacher.steps': t,
+    }
+    assert extract.backbone_prefix(fixmatch)[0] == 'teacher.module.backbone.'
+    assert extract.backbone_prefix(fixmatch, 'student')[0] == \
+        'student.backbone.'
+    # Two teachers: the user must choose.
+    both = dict(mocov3, **{
+        'encoder_k.module.0.conv1.weight': t,
+        'encoder_k.steps': t
+    })
+    with pytest.raises(ValueError, match='several teachers'):
+        extract.backbone_prefix(both)
+    assert extract.backbone_prefix(
+        both, teacher='encoder_k')[0] == 'encoder_k.module.0.'
+    # A `steps` key alone is not an averaged model.
+    assert extract.find_teachers({'steps': t, 'x.steps': t}) == []
 
 
 @pytest.fixture(scope='module')
