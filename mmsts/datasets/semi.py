@@ -19,6 +19,32 @@ def _describe(dataset) -> str:
     return type(dataset).__name__
 
 
+def _as_index(value, path: str, key: str) -> int:
+    """An entry of the ``key`` list of index file ``path`` as an ``int``.
+
+    Only integers are accepted (``int`` or an integral NumPy scalar): a
+    float such as ``3.7``, or even ``3.0``, is not silently truncated but
+    refused, as are booleans and strings.
+
+    Args:
+        value: The entry.
+        path (str): The index file, for the message.
+        key (str): The list the entry is from, for the message.
+
+    Returns:
+        int: The entry.
+
+    Raises:
+        ValueError: If the entry is not an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f'`index_file` {path!r} is not a LabeledSubset index file: its '
+            f'`{key}` must be integers, but it has {value!r} '
+            f'({type(value).__name__}).')
+    return int(value)
+
+
 def dataset_labels(dataset) -> np.ndarray:
     """Single-label ground truth of every sample of a classification data set.
 
@@ -198,6 +224,7 @@ class LabeledSubset:
                 f'The labels of `dataset` ({_describe(self.dataset)}) must be'
                 f' in [0, {num_classes}), got [{labels.min()}, '
                 f'{labels.max()}].')
+        self._check_index_file_path()
         if self.index_file is not None and osp.isfile(self.index_file):
             self.indices = self._load_index_file(labels, num_classes)
             print_log(
@@ -213,6 +240,18 @@ class LabeledSubset:
         self._gt_labels = labels[self.indices]
         self._fully_initialized = True
 
+    def _check_index_file_path(self) -> None:
+        """Refuse an ``index_file`` that names a directory, before a split
+        is drawn or anything is written."""
+        path = self.index_file
+        if path is None:
+            return
+        if osp.isdir(path) or path.endswith(('/', os.sep)):
+            raise ValueError(
+                f'`index_file`={path!r} is a directory, but it must be the '
+                'path of a JSON file, e.g. '
+                f'{osp.join(path, "labeled_split.json")!r}.')
+
     def _save_index_file(self, labels: np.ndarray, num_classes: int) -> None:
         content = dict(
             version=INDEX_FILE_VERSION,
@@ -227,9 +266,14 @@ class LabeledSubset:
         mkdir_or_exist(folder)
         # Write then rename, so that no process reads a partial file.
         tmp = f'{self.index_file}.tmp{os.getpid()}'
-        with open(tmp, 'w') as f:
-            json.dump(content, f)
-        os.replace(tmp, self.index_file)
+        try:
+            with open(tmp, 'w') as f:
+                json.dump(content, f)
+            os.replace(tmp, self.index_file)
+        except BaseException:
+            if osp.lexists(tmp):  # leave nothing behind
+                os.remove(tmp)
+            raise
         print_log(
             f'LabeledSubset: saved {len(self.indices)} labeled indices to '
             f'{self.index_file}.',
@@ -248,11 +292,17 @@ class LabeledSubset:
         try:
             with open(path) as f:
                 content = json.load(f)
-            indices = [int(i) for i in content['indices']]
-            saved_labels = [int(i) for i in content['labels']]
+            raw_indices, raw_labels = content['indices'], content['labels']
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f'`index_file` {path!r} is not a LabeledSubset '
                              f'index file: {e!r}') from e
+        for key, raw in (('indices', raw_indices), ('labels', raw_labels)):
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError(
+                    f'`index_file` {path!r} is not a LabeledSubset index '
+                    f'file: its `{key}` must be a list, but it is {raw!r}.')
+        indices = [_as_index(i, path, 'indices') for i in raw_indices]
+        saved_labels = [_as_index(i, path, 'labels') for i in raw_labels]
         size = content.get('dataset_size', len(labels))
         if size != len(labels):
             raise stale(f'it was made for {size} samples, the data set has '

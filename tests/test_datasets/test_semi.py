@@ -1,6 +1,7 @@
 """LabeledSubset, MultiBranchDataPreprocessor and the semi-supervised base
 configs, end to end on tiny data sets in the real CIFAR pickle format."""
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -15,12 +16,11 @@ from mmpretrain.datasets import BaseDataset, CIFAR10
 from mmpretrain.registry import DATASETS, MODELS
 from mmpretrain.structures import DataSample
 
+import mmsts.datasets.semi as semi
 from mmsts.datasets import LabeledSubset
 from mmsts.models import MultiBranchDataPreprocessor
 
-CONFIGS = osp.join(
-    REPO_ROOT, 'configs', '_base_',
-    'datasets')
+CONFIGS = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets')
 PER_CLASS = 6  # training images per class of the tiny CIFARs
 
 
@@ -139,6 +139,91 @@ def test_stale_index_file_is_refused(cifar10, tmp_path, no_cifar_md5):
         f.write('{"indices": [1, 2')
     with pytest.raises(ValueError, match='not a LabeledSubset index file'):
         LabeledSubset(dataset=cifar10, num_per_class=4, index_file=index_file)
+
+
+def rewrite_index_file(index_file, **changes):
+    with open(index_file) as f:
+        content = json.load(f)
+    content.update(changes)
+    with open(index_file, 'w') as f:
+        json.dump(content, f)
+    return content
+
+
+@pytest.mark.parametrize('key', ['indices', 'labels'])
+@pytest.mark.parametrize('make_bad', [
+    lambda i: i + 0.5,
+    lambda i: float(i),
+    lambda i: str(i),
+    lambda i: True,
+])
+def test_non_integer_entries_of_an_index_file_are_refused(
+        cifar10, tmp_path, key, make_bad):
+    """``int()`` used to truncate e.g. 12.5 to 12: a hand-edited file loaded
+    silently."""
+    index_file = str(tmp_path / 'split.json')
+    saved = LabeledSubset(
+        dataset=cifar10, num_per_class=4, index_file=index_file)
+    values = list(saved.indices if key ==
+                  'indices' else saved.get_gt_labels().tolist())
+    bad = make_bad(values[1])
+    values[1] = bad
+    rewrite_index_file(index_file, **{key: values})
+    with pytest.raises(ValueError) as info:
+        LabeledSubset(dataset=cifar10, num_per_class=4, index_file=index_file)
+    message = str(info.value)
+    assert index_file in message and f'`{key}`' in message
+    assert repr(bad) in message
+
+
+def test_numpy_integers_in_an_index_file_are_accepted(cifar10, tmp_path,
+                                                      monkeypatch):
+    index_file = str(tmp_path / 'split.json')
+    saved = LabeledSubset(
+        dataset=cifar10, num_per_class=4, index_file=index_file)
+    with open(index_file) as f:
+        content = json.load(f)
+    content['indices'] = [np.int64(i) for i in content['indices']]
+    content['labels'] = [np.int32(i) for i in content['labels']]
+    monkeypatch.setattr(semi.json, 'load', lambda f: content)
+    loaded = LabeledSubset(
+        dataset=cifar10, num_per_class=4, index_file=index_file)
+    assert loaded.indices == saved.indices
+    assert all(type(i) is int for i in loaded.indices)
+
+
+@pytest.mark.parametrize('trailing_slash', [False, True])
+def test_index_file_that_is_a_directory_is_refused(cifar10, tmp_path,
+                                                   trailing_slash):
+    """It used to write ``<dir>.tmp<pid>`` next to the directory, fail to
+    rename it onto the directory, and leave it there."""
+    folder = tmp_path / 'splits'
+    folder.mkdir()
+    index_file = str(folder) + (os.sep if trailing_slash else '')
+    with pytest.raises(ValueError, match='is a directory') as info:
+        LabeledSubset(dataset=cifar10, num_per_class=4, index_file=index_file)
+    assert repr(index_file) in str(info.value)
+    assert os.listdir(tmp_path) == ['splits'] and os.listdir(folder) == []
+
+    missing = str(tmp_path / 'new') + os.sep  # a directory-to-be
+    with pytest.raises(ValueError, match='is a directory'):
+        LabeledSubset(dataset=cifar10, num_per_class=4, index_file=missing)
+    assert os.listdir(tmp_path) == ['splits']
+
+
+def test_failed_save_leaves_nothing_behind(cifar10, tmp_path, monkeypatch):
+
+    def broken_dump(content, f):
+        f.write('{"indices": [')
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(semi.json, 'dump', broken_dump)
+    with pytest.raises(OSError, match='No space'):
+        LabeledSubset(
+            dataset=cifar10,
+            num_per_class=4,
+            index_file=str(tmp_path / 'split.json'))
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize('num_per_class', [0, -1, 2.5, '4', True])
