@@ -1,9 +1,9 @@
 from .digits import Digits, digits_split_indices
-from .samplers import MultiSourceSampler
+from .samplers import MultiSourceBatchSampler, MultiSourceSampler
 from .semi import LabeledSubset
 from .transforms import MultiBranch
 
 __all__ = [
     'Digits', 'digits_split_indices', 'LabeledSubset', 'MultiBranch',
-    'MultiSourceSampler'
+    'MultiSourceBatchSampler', 'MultiSourceSampler'
 ]

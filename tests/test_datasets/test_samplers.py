@@ -1,5 +1,5 @@
-"""MultiSourceSampler: batch composition, determinism, per-rank shards,
-resume and bad input."""
+"""MultiSourceSampler and MultiSourceBatchSampler: batch composition,
+determinism, per-rank shards, resume, the batch-size check and bad input."""
 import itertools
 import os.path as osp
 
@@ -13,12 +13,10 @@ from mmpretrain.registry import DATA_SAMPLERS, MODELS
 from torch.utils.data import ConcatDataset, DataLoader
 
 import mmsts.datasets.samplers.multi_source_sampler as module
-from mmsts.datasets import MultiSourceSampler
+from mmsts.datasets import MultiSourceBatchSampler, MultiSourceSampler
 
 LABELED, UNLABELED = 10, 37  # source sizes
-CONFIGS = osp.join(
-    REPO_ROOT, 'configs', '_base_',
-    'datasets')
+CONFIGS = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets')
 
 
 def concat(*sizes):
@@ -99,6 +97,14 @@ def test_same_seed_same_stream_other_seed_other_stream():
 
     assert stream(0) == stream(0)
     assert stream(0) != stream(1)
+
+
+def test_every_iter_continues_the_same_stream():
+    dataset = concat(LABELED, UNLABELED)
+    kwargs = dict(batch_size=8, source_ratio=[1, 7], seed=2)
+    sampler = MultiSourceSampler(dataset, **kwargs)
+    parts = take(sampler, 13) + take(sampler, 27)
+    assert parts == take(MultiSourceSampler(dataset, **kwargs), 40)
 
 
 def test_seed_is_synchronised_when_not_given(monkeypatch):
@@ -252,9 +258,9 @@ class BatchRecorder(BaseModel):
         return dict(loss=self.weight * inputs['sup'].mean())
 
 
-def test_iter_based_loop_resumes_the_same_batches(tmp_path, no_cifar_md5):
-    """MMEngine's IterBasedTrainLoop, resumed at iteration 2 of 4, trains on
-    the same samples at iterations 3 and 4 as the uninterrupted run."""
+def tiny_semi_cifar10(tmp_path):
+    """The semi_cifar10.py base config on tiny CIFAR pickles, batch 8
+    (1 labeled + 7 unlabeled), no workers."""
     root = make_cifar_pickles(str(tmp_path / 'cifar'), 10, per_class=3)
     cfg = Config.fromfile(osp.join(CONFIGS, 'semi_cifar10.py'))
     loader = cfg.train_dataloader
@@ -263,31 +269,171 @@ def test_iter_based_loop_resumes_the_same_batches(tmp_path, no_cifar_md5):
     loader.dataset.datasets[0].num_per_class = 1
     loader.dataset.datasets[0].dataset.data_root = root
     loader.dataset.datasets[1].data_root = root
+    return cfg
 
-    def run(max_iters, work_dir, resume_from=None):
+
+def train(cfg,
+          tmp_path,
+          max_iters,
+          work_dir,
+          seed=0,
+          resume_from=None,
+          model=None):
+    """Train ``model`` (a new BatchRecorder if None) with ``cfg``'s data;
+    return the batches it recorded."""
+    if model is None:
         model = BatchRecorder(MODELS.build(cfg.data_preprocessor))
-        runner = Runner(
-            model=model,
-            work_dir=str(tmp_path / work_dir),
-            train_dataloader=loader,
-            train_cfg=dict(type='IterBasedTrainLoop', max_iters=max_iters),
-            optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-            default_hooks=dict(
-                checkpoint=dict(
-                    type='CheckpointHook', interval=2, by_epoch=False),
-                logger=dict(type='LoggerHook', interval=100)),
-            randomness=dict(seed=0),
-            default_scope='mmpretrain',
-            load_from=resume_from,
-            resume=resume_from is not None,
-            log_level='WARNING',
-            experiment_name=work_dir)
-        runner.train()
-        return model.batches
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path / work_dir),
+        train_dataloader=cfg.train_dataloader,
+        train_cfg=dict(type='IterBasedTrainLoop', max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+            logger=dict(type='LoggerHook', interval=100)),
+        randomness=dict(seed=seed),
+        default_scope='mmpretrain',
+        load_from=resume_from,
+        resume=resume_from is not None,
+        log_level='WARNING',
+        experiment_name=work_dir)
+    runner.train()
+    return model.batches
 
-    full = run(4, 'full')
-    resumed = run(4, 'resumed', str(tmp_path / 'full' / 'iter_2.pth'))
+
+def test_iter_based_loop_resumes_the_same_batches(tmp_path, no_cifar_md5):
+    """MMEngine's IterBasedTrainLoop, resumed at iteration 2 of 4, trains on
+    the same samples at iterations 3 and 4 as the uninterrupted run."""
+    cfg = tiny_semi_cifar10(tmp_path)
+    full = train(cfg, tmp_path, 4, 'full')
+    resumed = train(cfg, tmp_path, 4, 'resumed', 0,
+                    str(tmp_path / 'full' / 'iter_2.pth'))
     assert len(full) == 4 and len(resumed) == 2
     assert resumed == full[2:] and full[2:] != full[:2]
     assert [len(b['sup']) for b in full] == [1] * 4  # B = 8 / (1 + 7)
     assert [len(b['unsup_strong']) for b in full] == [7] * 4
+
+
+# ------------------------------------------ batch size vs the data loader's
+
+
+def loader_cfg(loader_batch_size, sampler_batch_size, **kwargs):
+    """A data loader config as in the semi-supervised base configs."""
+    return dict(
+        dataset=concat(LABELED, UNLABELED),
+        batch_size=loader_batch_size,
+        sampler=dict(
+            type='MultiSourceSampler',
+            batch_size=sampler_batch_size,
+            source_ratio=[1, 3]),
+        batch_sampler=dict(type='MultiSourceBatchSampler'),
+        collate_fn=dict(type=lambda batch: batch),
+        **kwargs)
+
+
+@pytest.mark.parametrize('loader_batch_size', [6, 16])
+def test_batch_size_mismatch_fails_when_the_loader_is_built(loader_batch_size):
+    """A data loader batch smaller (6) or larger (16) than the sampler's (8)
+    used to train on 2 labeled + 4 unlabeled samples, or on doubled
+    batches."""
+    with pytest.raises(ValueError) as info:
+        Runner.build_dataloader(loader_cfg(loader_batch_size, 8), seed=0)
+    message = str(info.value)
+    assert f'`train_dataloader.batch_size`={loader_batch_size}' in message
+    assert '`train_dataloader.sampler.batch_size`=8' in message
+
+
+@pytest.mark.parametrize('loader_batch_size', [6, 16])
+def test_batch_size_mismatch_fails_before_the_first_iteration(
+        tmp_path, no_cifar_md5, loader_batch_size):
+    """The semi_cifar10.py base config with only one of its two batch sizes
+    changed: the run stops with the error before training on anything."""
+    cfg = tiny_semi_cifar10(tmp_path)
+    cfg.train_dataloader.batch_size = loader_batch_size
+    model = BatchRecorder(MODELS.build(cfg.data_preprocessor))
+    with pytest.raises(
+            ValueError, match='`train_dataloader.sampler.'
+            'batch_size`=8') as info:
+        train(cfg, tmp_path, 2, 'mismatch', model=model)
+    assert f'`train_dataloader.batch_size`={loader_batch_size}' in str(
+        info.value)
+    assert model.batches == []
+
+
+@pytest.mark.parametrize('sampler_batch_size', [8, None])
+def test_matching_or_missing_sampler_batch_size(sampler_batch_size):
+    """The same batch size twice, or only the data loader's: every batch of
+    8 has 2 labeled and 6 unlabeled samples."""
+    loader = Runner.build_dataloader(loader_cfg(8, sampler_batch_size), seed=0)
+    batch_sampler = loader.batch_sampler
+    assert isinstance(batch_sampler, MultiSourceBatchSampler)
+    assert batch_sampler.sampler.batch_size == batch_sampler.batch_size == 8
+    assert batch_sampler.sampler.num_per_source == [2, 6]
+    assert len(loader) == -(-(LABELED + UNLABELED) // 8)
+    for batch in itertools.islice(loader, 20):
+        assert len(batch) == 8
+        assert all(i < LABELED for i in batch[:2])
+        assert all(i >= LABELED for i in batch[2:])
+
+
+def test_batch_sampler_continues_the_plain_sampler_stream():
+    """Batched or plain, the sampler gives the same indices."""
+    dataset = concat(LABELED, UNLABELED)
+    kwargs = dict(source_ratio=[1, 3], seed=4)
+    plain = DataLoader(
+        dataset,
+        batch_size=8,
+        collate_fn=list,
+        sampler=MultiSourceSampler(dataset, batch_size=8, **kwargs))
+    batched = DataLoader(
+        dataset,
+        collate_fn=list,
+        batch_sampler=MultiSourceBatchSampler(
+            MultiSourceSampler(dataset, **kwargs), batch_size=8))
+    assert list(itertools.islice(batched,
+                                 30)) == list(itertools.islice(plain, 30))
+
+
+def test_loader_batch_size_that_does_not_split_is_refused():
+    with pytest.raises(ValueError, match=r'`batch_size`=10 cannot be split'):
+        Runner.build_dataloader(loader_cfg(10, None), seed=0)
+
+
+def test_plain_sampler_without_batch_size_fails_at_the_first_batch():
+    dataset = concat(LABELED, UNLABELED)
+    loader = DataLoader(
+        dataset,
+        batch_size=8,
+        collate_fn=list,
+        sampler=MultiSourceSampler(dataset, source_ratio=[1, 3], seed=0))
+    with pytest.raises(ValueError, match='MultiSourceBatchSampler'):
+        next(iter(loader))
+
+
+def test_plain_sampler_warns_that_its_batch_size_is_unchecked(monkeypatch):
+    messages = []
+    monkeypatch.setattr(module, 'print_log',
+                        lambda msg, **kwargs: messages.append(msg))
+    sampler = MultiSourceSampler(
+        concat(LABELED, UNLABELED), batch_size=8, source_ratio=[1, 3], seed=0)
+    take(sampler, 20)
+    take(sampler, 20)
+    assert len(messages) == 1
+    assert '`batch_size`=8 cannot be checked' in messages[0]
+
+    messages.clear()
+    batch_sampler = MultiSourceBatchSampler(sampler, batch_size=8)
+    next(iter(batch_sampler))
+    assert messages == []
+
+
+def test_batch_sampler_needs_a_multi_source_sampler():
+    cfg = loader_cfg(8, None)
+    cfg['sampler'] = dict(type='DefaultSampler', shuffle=True)
+    with pytest.raises(TypeError, match='DefaultSampler'):
+        Runner.build_dataloader(cfg, seed=0)
+    sampler = MultiSourceSampler(
+        concat(LABELED, UNLABELED), source_ratio=[1, 3], seed=0)
+    with pytest.raises(ValueError, match=r'batch_size`.*0'):
+        MultiSourceBatchSampler(sampler, batch_size=0)

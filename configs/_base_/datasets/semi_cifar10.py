@@ -35,6 +35,10 @@ split_seed = 0
 labeled_batch_size = 64
 mu = 7
 batch_size = (1 + mu) * labeled_batch_size  # 512: 64 labeled + 448 unlabeled
+# `train_dataloader.batch_size` and `train_dataloader.sampler.batch_size`
+# must be equal (change both), else MultiSourceBatchSampler raises an error
+# naming both when the data loader is built; `sampler.batch_size=None`
+# follows the data loader's.
 
 # mmpretrain's CIFAR normalisation (RGB, 0..255), applied to every branch.
 data_preprocessor = dict(
@@ -134,6 +138,9 @@ train_dataloader = dict(
         batch_size=batch_size,
         source_ratio=[1, mu],
         shuffle=True),
+    # Checks `sampler.batch_size` against `batch_size` when the data loader
+    # is built (a mismatch would mix the sources in other proportions).
+    batch_sampler=dict(type='MultiSourceBatchSampler'),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
         type='ConcatDataset', datasets=[labeled_dataset, unlabeled_dataset]))

@@ -1,3 +1,3 @@
-from .multi_source_sampler import MultiSourceSampler
+from .multi_source_sampler import MultiSourceBatchSampler, MultiSourceSampler
 
-__all__ = ['MultiSourceSampler']
+__all__ = ['MultiSourceBatchSampler', 'MultiSourceSampler']
