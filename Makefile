@@ -39,5 +39,14 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) tools/benchmarks/benchmark_update.py
 
+.PHONY: data-fashion-mnist
+
+# Fashion-MNIST's four idx files in data/fashion_mnist, from Debian's
+# dataset-fashion-mnist package (installed with apt-get when root); the
+# script needs only python3's standard library.
+data-fashion-mnist:
+	$(PYTHON) tools/dataset_converters/prepare_fashion_mnist.py \
+		--out data/fashion_mnist
+
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache
