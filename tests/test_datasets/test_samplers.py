@@ -302,17 +302,41 @@ def train(cfg,
     return model.batches
 
 
-def test_iter_based_loop_resumes_the_same_batches(tmp_path, no_cifar_md5):
+@pytest.mark.parametrize('seed', [0, None])
+def test_iter_based_loop_resumes_the_same_batches(tmp_path, no_cifar_md5,
+                                                  seed):
     """MMEngine's IterBasedTrainLoop, resumed at iteration 2 of 4, trains on
-    the same samples at iterations 3 and 4 as the uninterrupted run."""
+    the same samples at iterations 3 and 4 as the uninterrupted run, also
+    with ``randomness.seed=None``, where the resumed run draws another run
+    seed: the base config fixes the sampler's seed."""
     cfg = tiny_semi_cifar10(tmp_path)
-    full = train(cfg, tmp_path, 4, 'full')
-    resumed = train(cfg, tmp_path, 4, 'resumed', 0,
+    full = train(cfg, tmp_path, 4, 'full', seed)
+    resumed = train(cfg, tmp_path, 4, 'resumed', seed,
                     str(tmp_path / 'full' / 'iter_2.pth'))
     assert len(full) == 4 and len(resumed) == 2
     assert resumed == full[2:] and full[2:] != full[:2]
     assert [len(b['sup']) for b in full] == [1] * 4  # B = 8 / (1 + 7)
     assert [len(b['unsup_strong']) for b in full] == [7] * 4
+
+
+@pytest.mark.parametrize('name', ['semi_cifar10.py', 'semi_digits.py'])
+def test_base_config_stream_does_not_follow_a_random_run_seed(name):
+    """The run seed a Runner passes to the sampler (drawn anew by a resumed
+    run when ``randomness.seed=None``) leaves the base configs' data stream
+    unchanged; ``sampler.seed`` changes it."""
+    cfg = Config.fromfile(osp.join(CONFIGS, name)).train_dataloader
+    cfg.dataset = concat(LABELED, UNLABELED)  # the stream, not the images
+    cfg.collate_fn = dict(type=lambda batch: batch)
+    cfg.num_workers, cfg.persistent_workers = 0, False
+
+    def stream(run_seed, **sampler):
+        loader_cfg = cfg.copy()
+        loader_cfg.sampler = dict(cfg.sampler, **sampler)
+        loader = Runner.build_dataloader(loader_cfg, seed=run_seed)
+        return list(itertools.islice(loader, 30))
+
+    assert stream(123) == stream(98765)
+    assert stream(123) != stream(123, seed=1)
 
 
 # ------------------------------------------ batch size vs the data loader's

@@ -451,8 +451,9 @@ def test_semi_cifar100_config(tmp_path, no_cifar_md5, scope):
     cfg = semi_cfg('semi_cifar100.py', root)
     assert cfg.data_preprocessor.data_preprocessor.num_classes == 100
     assert cfg.train_dataloader.sampler.source_ratio == [1, 7]
-    # Inherited: the batch-size check.
+    # Inherited: the batch-size check and the fixed sampler seed.
     assert cfg.train_dataloader.batch_sampler.type == 'MultiSourceBatchSampler'
+    assert cfg.train_dataloader.sampler.seed == 0
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     labeled, unlabeled = dataset.datasets
     assert type(labeled.dataset).__name__ == 'CIFAR100'

@@ -39,6 +39,16 @@ batch_size = (1 + mu) * labeled_batch_size  # 512: 64 labeled + 448 unlabeled
 # must be equal (change both), else MultiSourceBatchSampler raises an error
 # naming both when the data loader is built; `sampler.batch_size=None`
 # follows the data loader's.
+#
+# The sampler's seed is fixed here, not taken from `randomness.seed`: the
+# runner builds the sampler before it loads a checkpoint, so with
+# `randomness.seed=None` (as in the FixMatch schedule) a resumed run would
+# draw a new seed and train on other batches than the interrupted run would
+# have. With a fixed seed, `--resume` continues the data stream exactly.
+# `randomness.seed` still seeds the initialisation and the augmentations;
+# for another data order, change this one too:
+#   --cfg-options train_dataloader.sampler.seed=1
+sampler_seed = 0
 
 # mmpretrain's CIFAR normalisation (RGB, 0..255), applied to every branch.
 data_preprocessor = dict(
@@ -137,7 +147,8 @@ train_dataloader = dict(
         type='MultiSourceSampler',
         batch_size=batch_size,
         source_ratio=[1, mu],
-        shuffle=True),
+        shuffle=True,
+        seed=sampler_seed),
     # Checks `sampler.batch_size` against `batch_size` when the data loader
     # is built (a mismatch would mix the sources in other proportions).
     batch_sampler=dict(type='MultiSourceBatchSampler'),

@@ -1,6 +1,6 @@
 # Semi-supervised CIFAR-100 as in FixMatch: semi_cifar10.py (same batches,
-# augmentations and FixMatch RandAugment list, same batch-size check) on
-# CIFAR-100.
+# augmentations and FixMatch RandAugment list, same fixed sampler seed and
+# batch-size check, see there) on CIFAR-100.
 #
 # Data: the python version of CIFAR-100 (cifar-100-python.tar.gz) extracted
 # to data/cifar100/cifar-100-python (nothing is downloaded).
