@@ -2,14 +2,15 @@
 LocalVisBackend, laid out as a runner lays them out
 (``<work_dir>/<timestamp>/vis_data/scalars.json``)."""
 import importlib.util
+import json
 import logging
 import os.path as osp
 
 import matplotlib.image
+import numpy as np
 import pytest
 from mmengine.visualization import LocalVisBackend
 from conftest import REPO_ROOT
-
 
 
 def _load_tool():
@@ -178,3 +179,120 @@ def test_bad_input(tmp_path):
     bad.write_text('{"loss": 1, "iter": 1, "step": 1}\nnot json\n')
     with pytest.raises(ValueError, match='bad.json:2'):
         compare_runs.load_train_scalars(str(bad))
+
+
+# --- Evaluation reports (FixMatch: median of the last 20 evaluations) ------
+
+
+def write_evaluations(work_dir, accuracies, timestamp='20240101_000000',
+                      hierarchy=False, by_epoch=True):
+    """A run's scalar log with training records and one validation record
+    per value of ``accuracies``, as LoggerHook writes them (step = epoch, or
+    the iteration for iteration-based loops)."""
+    backend = LocalVisBackend(
+        save_dir=osp.join(str(work_dir), timestamp, 'vis_data'))
+    prefix = 'val/' if hierarchy else ''
+    for i, acc in enumerate(accuracies, 1):
+        backend.add_scalars({'loss': 1.0 / i, 'epoch': i, 'iter': 10 * i},
+                            step=10 * i)
+        backend.add_scalars(
+            {f'{prefix}accuracy/top1': acc, f'{prefix}data_time': 0.01},
+            step=i if by_epoch else 10 * i)
+    return str(work_dir)
+
+
+def test_median_of_last_n_final_and_best(tmp_path):
+    # 25 evaluations: a peak early, then the last 20 are 60..79 shuffled.
+    tail = [60 + (7 * i) % 20 for i in range(20)]
+    accuracies = [10, 20, 95, 30, 40] + tail
+    run = write_evaluations(tmp_path / 'run', accuracies)
+    records = compare_runs.load_val_scalars(
+        compare_runs.find_scalars_file(run))
+    assert [r['step'] for r in records] == list(range(1, 26))
+    summary = compare_runs.summarize_evaluations(records)
+    assert summary['median_last'] == pytest.approx(69.5)  # not 95, not 'final'
+    assert summary['last_n_used'] == 20
+    assert summary['final'] == tail[-1]
+    assert summary['final_step'] == 25
+    assert (summary['best'], summary['best_step']) == (95, 3)
+    assert summary['evaluations'] == 25
+    short = compare_runs.summarize_evaluations(records, last_n=3)
+    assert short['median_last'] == sorted(tail[-3:])[1]
+
+
+def test_fewer_evaluations_than_n_and_hierarchy_keys(tmp_path):
+    run = write_evaluations(
+        tmp_path / 'run', [50, 70, 60], hierarchy=True, by_epoch=False)
+    records = compare_runs.load_val_scalars(
+        compare_runs.find_scalars_file(run))
+    assert [r['step'] for r in records] == [10, 20, 30]
+    summary = compare_runs.summarize_evaluations(records, last_n=20)
+    assert summary['median_last'] == 60
+    assert summary['last_n_used'] == 3
+    table = compare_runs.summary_markdown({'run': summary})
+    assert '(only 3)' in table
+
+
+def test_groups_mean_std_and_paired_difference(tmp_path):
+    # Three seeds; STS is 1 point above TMA on seeds 0, 1 and 3 above on 2.
+    tma_levels, gains = [70.0, 60.0, 65.0], [1.0, 1.0, 3.0]
+    dirs, groups, labels = [], [], []
+    for group, levels in (('TMA', tma_levels),
+                          ('STS', [t + g for t, g in zip(tma_levels,
+                                                         gains)])):
+        for seed, level in enumerate(levels):
+            # 22 evaluations; the last 20 are level-2..level+2 around level.
+            accs = [0.0, 0.0] + [level + (i % 5) - 2 for i in range(20)]
+            dirs.append(write_evaluations(tmp_path / f'{group}_{seed}', accs))
+            groups.append(group)
+            labels.append(f'{group}-s{seed}')
+    report = compare_runs.summarize_runs(
+        dirs, labels=labels, groups=groups, baseline='TMA')
+    assert report['runs']['STS-s2']['median_last'] == 68.0
+    tma, sts = report['groups']['TMA'], report['groups']['STS']
+    assert tma['median_last']['n'] == 3
+    assert tma['median_last']['mean'] == pytest.approx(65.0)
+    assert tma['median_last']['std'] == pytest.approx(5.0)
+    # The paired difference removes the seed-to-seed spread.
+    assert sts['diff_median_last']['mean'] == pytest.approx(5 / 3)
+    assert sts['diff_median_last']['std'] == pytest.approx(
+        float(np.std(gains, ddof=1)))
+    assert sts['diff_median_last']['values'] == pytest.approx(gains)
+    assert 'diff_median_last' not in tma
+    assert '| STS | 3 | 66.67 ± 5.13 |' in report['markdown']
+    assert '1.67 ± 1.15' in report['markdown']
+
+
+def test_report_cli_writes_json(tmp_path, capsys):
+    a = write_evaluations(tmp_path / 'a0', [50.0] * 3 + [60.0] * 20)
+    b = write_evaluations(tmp_path / 'b0', [50.0] * 3 + [62.0] * 20)
+    out = tmp_path / 'summary.json'
+    fig = compare_runs.main([
+        a, b, '--groups', 'A', 'B', '--baseline', 'A', '--no-plot',
+        '--summary-out', str(out)
+    ])
+    assert fig is None
+    assert not (tmp_path / 'compare_runs.png').exists()
+    printed = capsys.readouterr().out
+    assert 'median of last 20 accuracy/top1' in printed
+    report = json.loads(out.read_text())
+    assert report['runs']['b0']['median_last'] == 62.0
+    assert report['groups']['B']['diff_median_last']['mean'] == 2.0
+    assert report['groups']['B']['diff_median_last']['std'] is None  # n=1
+
+
+def test_report_errors_name_the_problem(tmp_path):
+    a = write_evaluations(tmp_path / 'a', [50.0, 51.0])
+    b = write_evaluations(tmp_path / 'b', [52.0])
+    c = write_evaluations(tmp_path / 'c', [53.0])
+    with pytest.raises(ValueError, match=r"'B' \(2 runs\).*'A' \(1 runs\)"):
+        compare_runs.summarize_runs([a, b, c], groups=['A', 'B', 'B'],
+                                    baseline='A')
+    with pytest.raises(ValueError, match="baseline='Z'"):
+        compare_runs.summarize_runs([a, b], groups=['A', 'B'], baseline='Z')
+    with pytest.raises(KeyError, match="run 'a'.*'accuracy/top5'"):
+        compare_runs.summarize_runs([a], metric='accuracy/top5')
+    with pytest.raises(ValueError, match='last_n'):
+        compare_runs.summarize_runs([a], last_n=0)
+    with pytest.raises(SystemExit):
+        compare_runs.main([a, '--baseline', 'A'])
