@@ -48,5 +48,13 @@ data-fashion-mnist:
 	$(PYTHON) tools/dataset_converters/prepare_fashion_mnist.py \
 		--out data/fashion_mnist
 
+.PHONY: gpu-check
+
+# The checks for the first GPU machine (< 8 min on one GPU): the update
+# benchmark on CUDA, BYOL step time with/without STS, and no host-device
+# sync in the teacher update. Prints "skipped: no CUDA" where there is none.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash tools/benchmarks/gpu_check.sh
+
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache
