@@ -6,17 +6,27 @@ it is the weight given to the *student*, ``teacher = (1 - momentum) * teacher
 is ``momentum = 0.01``.
 """
 import math
+import numbers
 from typing import Dict, Type
 
 
 def check_unit_interval(key: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not in [0, 1].
 
+    Any real number is accepted, numpy scalars (``np.float32(0.5)``,
+    ``np.int64(1)``) included; booleans (``True``, ``np.bool_``) and strings
+    are not numbers here.
+
     Args:
         key (str): The name of the option, quoted in the error.
         value: The value to check.
+
+    Raises:
+        TypeError: if ``value`` is not a real number, or is a boolean.
+        ValueError: if ``value`` is NaN or outside [0, 1].
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numpy's bool_ is not a numbers.Real; Python's bool is.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f'`{key}` must be a number in [0, 1], '
                         f'but got {value!r} of type {type(value).__name__}')
     if not 0.0 <= value <= 1.0:  # also rejects NaN

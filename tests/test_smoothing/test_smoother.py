@@ -19,7 +19,7 @@ from mmpretrain.models.utils import CosineEMA
 from mmsts.smoothing import (ConstantMomentum, CosineMomentum,
                              FragmentMaskGenerator, NonFiniteStudentError,
                              SpatialTemporalSmoother, build_momentum_schedule,
-                             stream_id)
+                             check_unit_interval, stream_id)
 
 GRANULARITIES = ('tensor', 'channel', 'element')
 # Shapes of a small "model": conv weights, a linear weight, biases, a scalar.
@@ -355,6 +355,32 @@ def test_constant_and_built_schedules():
     assert (built.momentum, built.end_momentum) == (0.1, 0.02)
     assert isinstance(
         build_momentum_schedule('constant', 0.1), ConstantMomentum)
+
+
+@pytest.mark.parametrize('value,expected', [(np.float32(0.5), 0.5),
+                                            (np.float16(0.25), 0.25),
+                                            (np.float64(0.75), 0.75),
+                                            (np.int64(1), 1.0),
+                                            (np.int32(0), 0.0)])
+def test_unit_interval_accepts_numpy_scalars(value, expected):
+    """Values read from numpy (configs, sweeps) are numbers too."""
+    checked = check_unit_interval('momentum', value)
+    assert type(checked) is float and checked == expected
+    assert ConstantMomentum(value)(3) == expected
+    assert SpatialTemporalSmoother(
+        preserve_prob=value).preserve_prob == expected
+
+
+@pytest.mark.parametrize('value,error', [
+    (True, TypeError), (np.bool_(False), TypeError), ('0.5', TypeError),
+    (None, TypeError), (float('nan'), ValueError),
+    (np.float32('nan'), ValueError), (-0.1, ValueError),
+    (np.float32(1.5), ValueError), (np.int64(2), ValueError),
+    (float('inf'), ValueError)
+])
+def test_unit_interval_rejects(value, error):
+    with pytest.raises(error, match='`momentum`'):
+        check_unit_interval('momentum', value)
 
 
 @pytest.mark.parametrize('granularity', GRANULARITIES)
