@@ -7,22 +7,20 @@ exactly the masks the uninterrupted run would have drawn. The key and counter
 of a Philox generator (a counter-based generator) are built from the three
 integers; nothing depends on a global random state. The bulk masks of the
 fine granularities are drawn from generators seeded from that Philox stream:
-on the host, one per block of :data:`HOST_BLOCK` fragments, so that threads
-can draw blocks in any order.
+on the host, one per block of fragments (see
+:func:`~mmsts.smoothing.host_fine.host_block_masks`, next to the kernel that
+draws them), so that threads can draw blocks in any order.
 """
 import zlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
-# 16-bit uniform draws: the update probability is resolved to 1 / 65536.
-_BULK_LEVELS = 1 << 16
-#: Fragments drawn from one host generator. The blocks are the unit of work
-#: of the CPU update's threads; the size is fixed so that the masks never
-#: depend on the number of threads.
-HOST_BLOCK = 1 << 20
+#: Levels of the bulk draws of the fine granularities (16-bit uniform
+#: draws): the update probability is resolved to 1 / 65536.
+BULK_LEVELS = 1 << 16
 
 
 def stream_id(name: str) -> int:
@@ -69,84 +67,24 @@ class FragmentMaskGenerator:
         """
         return self._philox(step).random(num) >= self.preserve_prob
 
-    def _threshold(self) -> int:
-        """``p`` on the 16-bit scale of the bulk draws."""
-        return int(round(self.preserve_prob * _BULK_LEVELS))
+    def bulk_threshold(self) -> int:
+        """``p`` on the 16-bit scale of the bulk draws: a fragment is updated
+        where its draw in ``[0, BULK_LEVELS)`` is at least this."""
+        return int(round(self.preserve_prob * BULK_LEVELS))
 
-    def _sub_seed(self, step: int, substream: int) -> int:
-        """The seed of the bulk draws of one (step, substream)."""
+    def sub_seed(self, step: int, substream: int) -> int:
+        """The seed of the bulk draws of one (step, substream).
+
+        Args:
+            step (int): The update count of the teacher.
+            substream (int): Separates the masks of the groups of one step.
+        """
         key = (self.seed, self.stream, int(step), int(substream))
         cached = self._last_sub_seed  # one read: other threads may write
         if cached[0] != key:
             seed = int(self._philox(step, substream + 1).integers(0, 1 << 63))
             cached = self._last_sub_seed = (key, seed)
         return cached[1]
-
-    def host_block_masks(self,
-                         step: int,
-                         num: int,
-                         block: int,
-                         chunk: int = HOST_BLOCK,
-                         substream: int = 0) -> Iterator[np.ndarray]:
-        """The host update masks of one block of fragments, piece by piece.
-
-        Fragment ``i`` of ``num`` belongs to block ``i // HOST_BLOCK``. Each
-        block has its own generator (an SFC64 keyed by the step's seed and
-        the block index, a counter-derived sub-stream), so that blocks can be
-        drawn in any order, by any thread, with the same result. Within a
-        block the fragments get 16 random bits each, in order; pieces of
-        ``chunk`` fragments are drawn one after the other so that they stay
-        in cache.
-
-        Args:
-            step (int): The update count of the teacher.
-            num (int): The total number of fragments.
-            block (int): The block, in ``[0, ceil(num / HOST_BLOCK))``.
-            chunk (int): Fragments per piece; a multiple of 4 dividing
-                :data:`HOST_BLOCK`. Defaults to :data:`HOST_BLOCK`.
-            substream (int): As in :meth:`bulk_update_mask`. Defaults to 0.
-
-        Yields:
-            np.ndarray: Boolean masks, ``True`` where updated, of the
-            consecutive pieces of the block.
-        """
-        if chunk % 4 or HOST_BLOCK % chunk:
-            raise ValueError('`chunk` must be a multiple of 4 dividing '
-                             f'{HOST_BLOCK}, but got {chunk!r}')
-        start = block * HOST_BLOCK
-        stop = min(num, start + HOST_BLOCK)
-        threshold = self._threshold()
-        if threshold >= _BULK_LEVELS:
-            for begin in range(start, stop, chunk):
-                yield np.zeros(min(chunk, stop - begin), dtype=bool)
-            return
-        bits = np.random.SFC64(
-            np.random.SeedSequence(
-                self._sub_seed(step, substream), spawn_key=(block, )))
-        for begin in range(start, stop, chunk):
-            size = min(chunk, stop - begin)
-            # 16 random bits per fragment, read as int16 (uniform over
-            # [-2**15, 2**15)): numpy compares int16 faster than uint16.
-            draws = bits.random_raw((size + 3) // 4).view(np.int16)[:size]
-            yield draws >= threshold - (1 << 15)
-
-    def host_update_mask(self,
-                         step: int,
-                         num: int,
-                         substream: int = 0) -> np.ndarray:
-        """All the host update masks of a step, as one boolean array.
-
-        Args:
-            step (int): The update count of the teacher.
-            num (int): The number of fragments.
-            substream (int): As in :meth:`bulk_update_mask`. Defaults to 0.
-        """
-        blocks = [
-            mask for block in range(-(-num // HOST_BLOCK))
-            for mask in self.host_block_masks(
-                step, num, block, substream=substream)
-        ]
-        return np.concatenate(blocks) if blocks else np.zeros(0, bool)
 
     def bulk_update_mask(self,
                          step: int,
@@ -157,8 +95,9 @@ class FragmentMaskGenerator:
         updated, for the fine granularities.
 
         On CPU the bits come from numpy (torch's CPU generator is several
-        times slower), see :meth:`host_block_masks`; on an accelerator from
-        torch's generator of that device. Both are seeded from the same
+        times slower), see
+        :func:`~mmsts.smoothing.host_fine.host_block_masks`; on an
+        accelerator from torch's generator of that device. Both are seeded from the same
         Philox stream, so the mask is a pure function of
         ``(seed, stream, step)`` for a given device type. The update
         probability is resolved to 1 / 65536.
@@ -172,16 +111,18 @@ class FragmentMaskGenerator:
         """
         device = torch.device(device)
         if device.type == 'cpu':
+            # Imported here: the host kernel module imports this one.
+            from .host_fine import host_update_mask
             return torch.from_numpy(
-                self.host_update_mask(step, num, substream))
-        threshold = self._threshold()
-        if threshold >= _BULK_LEVELS:
+                host_update_mask(self, step, num, substream))
+        threshold = self.bulk_threshold()
+        if threshold >= BULK_LEVELS:
             return torch.zeros(num, dtype=torch.bool, device=device)
         generator = torch.Generator(device=device)
-        generator.manual_seed(self._sub_seed(step, substream))
+        generator.manual_seed(self.sub_seed(step, substream))
         draws = torch.randint(
             0,
-            _BULK_LEVELS, (num, ),
+            BULK_LEVELS, (num, ),
             generator=generator,
             device=device,
             dtype=torch.int32)

@@ -23,24 +23,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .host_kernels import HostFineUpdate
+from .devices import on_host
+from .fine import DeviceFineUpdate, FineUpdate, lerp_
+from .guards import (NONFINITE_POLICIES, Guard, NonFiniteCounter,
+                     NonFiniteStudentError, build_guard)
+from .host_fine import HostFineUpdate
 from .masks import FragmentMaskGenerator, split_sizes
 from .schedules import (ConstantMomentum, MomentumSchedule,
                         check_unit_interval)
 
 GRANULARITIES = ('tensor', 'channel', 'element')
-NONFINITE_POLICIES = ('skip', 'raise', 'none')
 
-_INT_VIEW = {
-    torch.float64: torch.int64,
-    torch.float32: torch.int32,
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-}
-
-
-class NonFiniteStudentError(FloatingPointError):
-    """Raised when the student holds NaN/Inf and ``nonfinite='raise'``."""
+__all__ = [
+    'GRANULARITIES', 'NONFINITE_POLICIES', 'NonFiniteStudentError',
+    'SpatialTemporalSmoother', 'relative_distance'
+]
 
 
 @torch.no_grad()
@@ -106,7 +103,9 @@ class SpatialTemporalSmoother:
                              f'{NONFINITE_POLICIES}, but got {nonfinite!r}')
         self.nonfinite = nonfinite
         self.masks = FragmentMaskGenerator(self.preserve_prob, seed, stream)
-        self._host_update = HostFineUpdate(self.masks, granularity)
+        self._host_fine = HostFineUpdate(self.masks, granularity)
+        self._device_fine = DeviceFineUpdate(self.masks, granularity)
+        self._nonfinite = NonFiniteCounter()
         self.last_momentum: Optional[float] = None
         self._reset_statistics()
 
@@ -154,11 +153,20 @@ class SpatialTemporalSmoother:
             self._record_fraction(float(flags.sum()), len(teacher))
             chosen = np.flatnonzero(flags).tolist()
             for t_list, s_list in self._groups(teacher, student, chosen):
-                self._apply(t_list, s_list, momentum, step, weights=None)
-        else:
-            for group, (t_list, s_list) in enumerate(
-                    self._groups(teacher, student, range(len(teacher)))):
-                self._apply_fine(t_list, s_list, momentum, step, group)
+                self._lerp(t_list, s_list, momentum, step)
+            return
+        for group, (t_list, s_list) in enumerate(
+                self._groups(teacher, student, range(len(teacher)))):
+            num = sum(split_sizes(t_list, self.granularity))
+            if self.preserve_prob == 0.0:
+                # Every fragment is updated, whatever the draws: plain lerp.
+                self._record_fraction(num, num)
+                self._lerp(t_list, s_list, momentum, step)
+                continue
+            update = self._fine_update(t_list, s_list)
+            updated = update(t_list, s_list, momentum, step, group,
+                             self._guard(t_list[0].device))
+            self._record_fraction(updated, num)
 
     def _groups(self, teacher, student,
                 indices) -> List[Tuple[List[Tensor], List[Tensor]]]:
@@ -177,113 +185,27 @@ class SpatialTemporalSmoother:
             out.append((t_list, s_list))
         return out
 
-    def _apply_fine(self, t_list: List[Tensor], s_list: List[Tensor],
-                    momentum: float, step: int, group: int) -> None:
-        """The ``'channel'``/``'element'`` update of one (device, dtype)
-        group: on the host (:class:`HostFineUpdate`) for float CPU tensors,
-        else with torch kernels on the tensors' device."""
-        num = sum(split_sizes(t_list, self.granularity))
-        if self.preserve_prob == 0.0:
-            # Every fragment is updated, whatever the draws: plain lerp.
-            self._record_fraction(num, num)
-            self._apply(t_list, s_list, momentum, step, weights=None)
-            return
-        if self._force_sync_free or not HostFineUpdate.supports(
+    def _guard(self, device: torch.device) -> Guard:
+        """The non-finite guard of tensors on ``device``: checks on the host,
+        a device flag on an accelerator."""
+        return build_guard(self.nonfinite, device, self._nonfinite)
+
+    def _fine_update(self, t_list: List[Tensor],
+                     s_list: List[Tensor]) -> FineUpdate:
+        """The ``'channel'``/``'element'`` kernel of one (device, dtype)
+        group: numpy on the host for float CPU tensors, else torch
+        kernels on the tensors' device."""
+        if on_host(t_list[0].device) and HostFineUpdate.supports(
                 t_list, s_list):
-            weights = self._fine_weights(t_list, step, group)
-            self._apply(t_list, s_list, momentum, step, weights)
-            return
-        if self.nonfinite != 'none' and self._guard(s_list,
-                                                    step)[0] is None:
-            # Skipped; count the fragments drawn, as the other paths do.
-            mask = self.masks.host_update_mask(step, num, substream=group)
-            self._record_fraction(int(np.count_nonzero(mask)), num)
-            return
-        updated = self._host_update(t_list, s_list, momentum, step, group)
-        self._record_fraction(updated, num)
+            return self._host_fine
+        return self._device_fine
 
-    def _fine_weights(self, t_list: List[Tensor], step: int,
-                      group: int) -> List[Tensor]:
-        """0/1 update masks (in the teacher dtype), one per tensor, shaped to
-        broadcast against it."""
-        sizes = split_sizes(t_list, self.granularity)
-        flat = self.masks.bulk_update_mask(
-            step, sum(sizes), t_list[0].device, substream=group)
-        # count_nonzero: a bool sum is an order of magnitude slower on CPU.
-        self._record_fraction(torch.count_nonzero(flat), sum(sizes))
-        flat = flat.to(t_list[0].dtype)
-        weights = []
-        for w, t in zip(flat.split(sizes), t_list):
-            if self.granularity == 'channel':
-                w = w.view((-1, ) + (1, ) * (t.dim() - 1)) if t.dim() else \
-                    w.view(())
-            else:
-                w = w.view_as(t)
-            weights.append(w)
-        return weights
-
-    def _apply(self, t_list: List[Tensor], s_list: List[Tensor],
-               momentum: float, step: int,
-               weights: Optional[List[Tensor]]) -> None:
-        """``t = t + momentum * weight * (s - t)`` on one (device, dtype)
-        group, in a few fused kernels."""
-        if not t_list:
-            return
-        ok = None
-        if self.nonfinite != 'none':
-            s_list, ok = self._guard(s_list, step)
-            if s_list is None:  # found on the host: skip this group
-                return
-        if weights is None and ok is None:
-            if momentum == 1.0:
-                torch._foreach_copy_(t_list, s_list)
-            else:
-                torch._foreach_lerp_(t_list, s_list, momentum)
-            return
-        if weights is None:
-            # One 0-dim device weight, shared by every tensor of the group;
-            # lerp is exact at both ends (0 keeps, 1 copies).
-            scale = ok.to(t_list[0].dtype) * momentum
-            torch._foreach_lerp_(t_list, s_list, [scale] * len(t_list))
-            return
-        if ok is not None:
-            momentum = ok.to(t_list[0].dtype) * momentum
-        torch._foreach_mul_(weights, momentum)
-        torch._foreach_lerp_(t_list, s_list, weights)
-
-    def _guard(self, s_list: List[Tensor], step: int):
-        """Detect NaN/Inf in the student without a host sync.
-
-        Returns the student tensors to use and a 0-dim bool device tensor
-        ``ok``. On an accelerator the student is bit-masked to zeros when not
-        finite (integer multiply, so ``0 * NaN`` cannot appear) and the
-        caller scales its weights by ``ok``. On CPU, where reading a flag
-        costs nothing, the policy is applied at once: ``(None, None)`` means
-        "skip", ``(s_list, None)`` "all finite".
-        """
-        if s_list[0].device.type == 'cpu' and not self._force_sync_free:
-            # A sum is NaN/Inf iff an element is (or the sum overflows,
-            # beyond 3e38); torch's CPU sum is vectorised and threaded, ~3x
-            # faster than _foreach_norm.
-            ok = torch.isfinite(torch.stack([s.sum() for s in s_list]).sum())
-            self._note_finite(bool(ok), step)
-            if bool(ok):
-                return s_list, None
-            if self.nonfinite == 'raise':
-                raise NonFiniteStudentError(
-                    'The student holds NaN/Inf values; the teacher update '
-                    "was skipped (nonfinite='raise').")
-            return None, None
-        # One fused kernel on an accelerator; the flag stays on the device,
-        # no sync until pop_statistics().
-        ok = torch.isfinite(torch.stack(torch._foreach_norm(s_list)).sum())
-        self._note_finite(ok, step)
-        int_dtype = _INT_VIEW.get(s_list[0].dtype)
-        if int_dtype is None:
-            return s_list, ok
-        bits = torch._foreach_mul([s.view(int_dtype) for s in s_list],
-                                  ok.to(int_dtype))
-        return [b.view(s.dtype) for b, s in zip(bits, s_list)], ok
+    def _lerp(self, t_list: List[Tensor], s_list: List[Tensor],
+              momentum: float, step: int) -> None:
+        """``t += momentum * (s - t)`` on one (device, dtype) group, in one
+        fused kernel, under the non-finite guard."""
+        self._guard(t_list[0].device)(
+            s_list, step, lambda s, scale: lerp_(t_list, s, scale * momentum))
 
     @torch.no_grad()
     def copy_(self, dst: Sequence[Tensor], src: Sequence[Tensor],
@@ -306,41 +228,15 @@ class SpatialTemporalSmoother:
         if not floats:
             return
         d_list, s_list = map(list, zip(*floats))
-        if self.nonfinite == 'none':
-            torch._foreach_copy_(d_list, s_list)
-            return
-        self._apply(d_list, s_list, 1.0, step, weights=None)
-
-    def _note_finite(self, ok: Union[bool, Tensor], step: int) -> None:
-        """Remember whether the student was finite in a group at ``step``;
-        a step counts once in ``nonfinite_steps``."""
-        if step != self._flag_step:
-            self._commit_flags()
-            self._flag_step = step
-        self._flags.append(ok)
-
-    def _commit_flags(self) -> None:
-        host_bad = not all(f for f in self._flags if isinstance(f, bool))
-        device = [f for f in self._flags if isinstance(f, Tensor)]
-        if device:  # stays on the device
-            bad = (~torch.stack(device).all()) | host_bad
-            self._nonfinite_steps = self._nonfinite_steps + bad.long()
-        else:
-            self._nonfinite_steps += int(host_bad)
-        self._flags = []
+        self._guard(d_list[0].device)(
+            s_list, step, lambda s, scale: lerp_(d_list, s, scale))
 
     # ------------------------------------------------------------------
     # Statistics
     # ------------------------------------------------------------------
-    #: Force the accelerator (sync-free) code path on CPU; for tests.
-    _force_sync_free = False
-
     def _reset_statistics(self) -> None:
         self._updated: Union[float, Tensor] = 0.0
         self._fragments = 0
-        self._nonfinite_steps: Union[int, Tensor] = 0
-        self._flags: List[Union[bool, Tensor]] = []
-        self._flag_step: Optional[int] = None
 
     def _record_fraction(self, updated, total: int) -> None:
         self._updated = self._updated + updated
@@ -360,9 +256,8 @@ class SpatialTemporalSmoother:
             NonFiniteStudentError: if ``nonfinite='raise'`` and a step was
                 skipped on device since the last call.
         """
-        self._commit_flags()
         fraction = float(self._updated) / max(self._fragments, 1)
-        nonfinite = int(self._nonfinite_steps)
+        nonfinite = self._nonfinite.pop()
         self._reset_statistics()
         if nonfinite and self.nonfinite == 'raise':
             raise NonFiniteStudentError(

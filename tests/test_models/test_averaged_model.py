@@ -470,8 +470,8 @@ def test_avg_func_is_not_used():
 # ----------------------------------------------------------------------
 @pytest.fixture(params=[False, True], ids=['host', 'sync_free'])
 def sync_free(request, monkeypatch):
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free',
-                        request.param)
+    monkeypatch.setattr('mmsts.smoothing.devices.HOST_DEVICE_TYPES',
+                        () if request.param else ('cpu', ))
     return request.param
 
 
@@ -514,7 +514,7 @@ def test_sync_free_update_parameters_never_reads_device_values(
         granularity, monkeypatch):
     """After the first update (which reads ``steps`` once), the wrapper
     never synchronises host and device."""
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free', True)
+    monkeypatch.setattr('mmsts.smoothing.devices.HOST_DEVICE_TYPES', ())
     gen = torch.Generator().manual_seed(0)
     student = toy_net()
     sts = SpatialTemporalSmoothing(
@@ -540,8 +540,8 @@ def test_nonfinite_buffers_stay_out_of_the_teacher(monkeypatch, sync_free):
     teacher, on the host path and on the sync-free (accelerator) path; the
     step counts once in ``nonfinite_steps`` although both its parameters and
     its buffers were non-finite."""
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free',
-                        sync_free)
+    monkeypatch.setattr('mmsts.smoothing.devices.HOST_DEVICE_TYPES',
+                        () if sync_free else ('cpu', ))
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     teacher = SpatialTemporalSmoothing(student, preserve_prob=0.0,

@@ -19,7 +19,11 @@ from mmpretrain.models.utils import CosineEMA
 from mmsts.smoothing import (ConstantMomentum, CosineMomentum,
                              FragmentMaskGenerator, NonFiniteStudentError,
                              SpatialTemporalSmoother, build_momentum_schedule,
-                             check_unit_interval, stream_id)
+                             check_unit_interval, devices, stream_id)
+from mmsts.smoothing.fine import DeviceFineUpdate
+from mmsts.smoothing.guards import (DeviceGuard, Guard, HostGuard,
+                                    NonFiniteCounter, build_guard)
+from mmsts.smoothing.host_fine import HostFineUpdate
 
 GRANULARITIES = ('tensor', 'channel', 'element')
 # Shapes of a small "model": conv weights, a linear weight, biases, a scalar.
@@ -424,8 +428,8 @@ def poisoned_student(teacher, bad, index=2):
 @pytest.fixture(params=[False, True], ids=['host', 'sync_free'])
 def sync_free(request, monkeypatch):
     """Run a test on the CPU host path and on the accelerator path."""
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free',
-                        request.param)
+    if request.param:
+        monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', ())
     return request.param
 
 
@@ -495,7 +499,7 @@ def test_nonfinite_raise_on_host(granularity):
 
 @pytest.mark.parametrize('granularity', GRANULARITIES)
 def test_nonfinite_raise_sync_free_raises_at_pop(granularity, monkeypatch):
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free', True)
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', ())
     teacher = make_tensors(SHAPES, 0)
     old = [t.clone() for t in teacher]
     smoother = SpatialTemporalSmoother(
@@ -528,7 +532,7 @@ def test_nonfinite_none_lets_nan_through(granularity, sync_free):
 @pytest.mark.parametrize('momentum', [0.3, 1.0])
 def test_sync_free_path_matches_reference(granularity, momentum, monkeypatch):
     """The accelerator path gives the plain rule on finite students."""
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free', True)
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', ())
     for dtype in (torch.float32, torch.float64):
         teacher = make_tensors(SHAPES, 0, dtype)
         old = [t.clone() for t in teacher]
@@ -559,7 +563,7 @@ def _forbid_syncs(patch):
 def test_sync_free_step_never_reads_device_values(granularity, monkeypatch):
     """No ``.item()``, ``bool()``, ``float()``, ``int()`` or ``.tolist()``
     on a tensor during ``step`` on the accelerator path."""
-    monkeypatch.setattr(SpatialTemporalSmoother, '_force_sync_free', True)
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', ())
     teacher = make_tensors(SHAPES, 0)
     smoother = SpatialTemporalSmoother(
         preserve_prob=0.5,
@@ -588,6 +592,89 @@ def test_sync_probe_catches_the_host_path(monkeypatch):
         _forbid_syncs(patch)
         with pytest.raises(AssertionError, match='synchronisation'):
             smoother.step(teacher, far_student(teacher, 1), 1)
+
+
+# ----------------------------------------------------------------------
+# Guards and fine kernels, chosen by device type
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize('host_types,guard_type,fine_type',
+                         [(('cpu', ), HostGuard, HostFineUpdate),
+                          ((), DeviceGuard, DeviceFineUpdate)])
+@pytest.mark.parametrize('granularity', ('channel', 'element'))
+def test_one_switch_selects_guard_and_fine_kernel(host_types, guard_type,
+                                                  fine_type, granularity,
+                                                  monkeypatch):
+    """HOST_DEVICE_TYPES alone picks the guard and the fine kernel of a
+    group, once per group."""
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', host_types)
+    counter = NonFiniteCounter()
+    assert type(build_guard('skip', torch.device('cpu'),
+                            counter)) is guard_type
+    assert type(build_guard('none', torch.device('cpu'), counter)) is Guard
+    calls = []
+    for cls in (HostFineUpdate, DeviceFineUpdate):
+        original = cls.__call__
+
+        def spy(self, *args, cls=cls, original=original):
+            calls.append(cls)
+            return original(self, *args)
+
+        monkeypatch.setattr(cls, '__call__', spy)
+    teacher = make_tensors(SHAPES, 0) + make_tensors(SHAPES, 1, torch.float64)
+    smoother = SpatialTemporalSmoother(
+        preserve_prob=0.5, momentum=0.5, granularity=granularity)
+    smoother.step(teacher, far_student(teacher, 2), 1)
+    assert calls == [fine_type, fine_type]  # one call per dtype group
+
+
+def test_host_guard_checks_at_once():
+    counter = NonFiniteCounter()
+    student = make_tensors(SHAPES, 0)
+    calls = []
+    update = lambda s, scale: calls.append((s, scale))  # noqa: E731
+    assert HostGuard('skip', counter)(student, 1, update)
+    assert calls == [(student, 1.0)]
+    student[2].view(-1)[0] = float('inf')
+    assert not HostGuard('skip', counter)(student, 2, update)
+    assert len(calls) == 1
+    with pytest.raises(NonFiniteStudentError):
+        HostGuard('raise', counter)(student, 3, update)
+    assert len(calls) == 1
+    assert counter.pop() == 2 and counter.pop() == 0
+
+
+def test_host_guard_checks_small_and_large_tensors():
+    """Tiny tensors are checked together; a NaN in any of them counts."""
+    student = [torch.zeros(3), torch.zeros(1 << 15), torch.zeros(()),
+               torch.zeros(7, dtype=torch.float64)]
+    for index in range(len(student)):
+        poisoned = [s.clone() for s in student]
+        poisoned[index].view(-1)[-1] = float('nan')
+        counter = NonFiniteCounter()
+        assert not HostGuard('skip', counter)(poisoned, 1,
+                                              lambda s, scale: None)
+        assert counter.pop() == 1
+
+
+def test_device_guard_masks_without_sync(monkeypatch):
+    """The device guard hands the update a zeroed student and a 0 scale
+    (an exact no-op lerp) when the student is not finite, never reading a
+    device value; the step counts once across groups."""
+    counter = NonFiniteCounter()
+    finite = make_tensors(SHAPES, 0)
+    poisoned = make_tensors(SHAPES, 1)
+    poisoned[1].view(-1)[0] = float('nan')
+    seen = []
+    with monkeypatch.context() as patch:
+        _forbid_syncs(patch)
+        for student in (finite, poisoned, finite):
+            assert DeviceGuard('skip', counter)(
+                student, 7, lambda s, scale: seen.append((s, scale)))
+    (s0, k0), (s1, k1), (s2, k2) = seen
+    assert float(k0) == 1.0 and float(k1) == 0.0 and float(k2) == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(s0, finite))
+    assert all(torch.equal(s, torch.zeros_like(s)) for s in s1)
+    assert counter.pop() == 1
 
 
 # ----------------------------------------------------------------------

@@ -1,22 +1,102 @@
-"""The ``'channel'``/``'element'`` STS update of float CPU tensors in numpy.
+"""The ``'channel'``/``'element'`` STS update of float CPU tensors in numpy,
+with the host-side mask blocks it draws.
 
 Torch's CPU random numbers and multi-pass kernels make the fine
 granularities several times slower than an EMA update on a CPU; this kernel
 draws the masks in blocks and applies them in cache-sized pieces instead.
+The blocks are also the CPU masks of
+:meth:`~mmsts.smoothing.masks.FragmentMaskGenerator.bulk_update_mask`.
 """
+import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .masks import HOST_BLOCK, FragmentMaskGenerator
+from .fine import FineUpdate
+from .masks import BULK_LEVELS, FragmentMaskGenerator, split_sizes
 
+#: Fragments drawn from one host generator. The blocks are the unit of work
+#: of the CPU update's threads; the size is fixed so that the masks never
+#: depend on the number of threads.
+HOST_BLOCK = 1 << 20
 #: Elements of one in-cache piece of the CPU fine update (a multiple of 4
 #: dividing ``HOST_BLOCK``).
 _HOST_CHUNK = 1 << 16
 _HOST_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def host_block_masks(masks: FragmentMaskGenerator,
+                     step: int,
+                     num: int,
+                     block: int,
+                     chunk: int = HOST_BLOCK,
+                     substream: int = 0) -> Iterator[np.ndarray]:
+    """The host update masks of one block of fragments, piece by piece.
+
+    Fragment ``i`` of ``num`` belongs to block ``i // HOST_BLOCK``. Each
+    block has its own generator (an SFC64 keyed by the step's seed and the
+    block index, a counter-derived sub-stream), so that blocks can be drawn
+    in any order, by any thread, with the same result. Within a block the
+    fragments get 16 random bits each, in order; pieces of ``chunk``
+    fragments are drawn one after the other so that they stay in cache.
+
+    Args:
+        masks (FragmentMaskGenerator): Keys the draws with
+            ``(seed, stream, step, substream)``.
+        step (int): The update count of the teacher.
+        num (int): The total number of fragments.
+        block (int): The block, in ``[0, ceil(num / HOST_BLOCK))``.
+        chunk (int): Fragments per piece; a multiple of 4 dividing
+            :data:`HOST_BLOCK`. Defaults to :data:`HOST_BLOCK`.
+        substream (int): Separates the masks of the groups of one step.
+            Defaults to 0.
+
+    Yields:
+        np.ndarray: Boolean masks, ``True`` where updated, of the
+        consecutive pieces of the block.
+    """
+    if chunk % 4 or HOST_BLOCK % chunk:
+        raise ValueError('`chunk` must be a multiple of 4 dividing '
+                         f'{HOST_BLOCK}, but got {chunk!r}')
+    start = block * HOST_BLOCK
+    stop = min(num, start + HOST_BLOCK)
+    threshold = masks.bulk_threshold()
+    if threshold >= BULK_LEVELS:
+        for begin in range(start, stop, chunk):
+            yield np.zeros(min(chunk, stop - begin), dtype=bool)
+        return
+    bits = np.random.SFC64(
+        np.random.SeedSequence(
+            masks.sub_seed(step, substream), spawn_key=(block, )))
+    for begin in range(start, stop, chunk):
+        size = min(chunk, stop - begin)
+        # 16 random bits per fragment, read as int16 (uniform over
+        # [-2**15, 2**15)): numpy compares int16 faster than uint16.
+        draws = bits.random_raw((size + 3) // 4).view(np.int16)[:size]
+        yield draws >= threshold - (1 << 15)
+
+
+def host_update_mask(masks: FragmentMaskGenerator,
+                     step: int,
+                     num: int,
+                     substream: int = 0) -> np.ndarray:
+    """All the host update masks of a step, as one boolean array.
+
+    Args:
+        masks (FragmentMaskGenerator): Keys the draws.
+        step (int): The update count of the teacher.
+        num (int): The number of fragments.
+        substream (int): As in :func:`host_block_masks`. Defaults to 0.
+    """
+    blocks = [
+        mask for block in range(-(-num // HOST_BLOCK))
+        for mask in host_block_masks(
+            masks, step, num, block, substream=substream)
+    ]
+    return np.concatenate(blocks) if blocks else np.zeros(0, bool)
 
 
 def _run_threads(work: Callable[[list], int], units: list,
@@ -34,16 +114,16 @@ def _run_threads(work: Callable[[list], int], units: list,
         return sum(pool.map(work, shares))
 
 
-class HostFineUpdate:
+class HostFineUpdate(FineUpdate):
     """The ``'channel'``/``'element'`` STS update of float CPU tensors.
 
     Torch's CPU path would need a teacher-sized random draw, a float weight
     tensor and several passes over memory. Here each thread draws whole
-    blocks of the mask (:data:`~mmsts.smoothing.masks.HOST_BLOCK`
-    fragments, each block from its own counter-derived generator, so the
-    masks do not depend on the number of threads) and applies them in
-    cache-sized pieces: the teacher and the student are read once, the
-    teacher written once, and no teacher-sized buffer is allocated.
+    blocks of the mask (:data:`HOST_BLOCK` fragments, each block from its own
+    counter-derived generator, so the masks do not depend on the number of
+    threads) and applies them in cache-sized pieces: the teacher and the
+    student are read once, the teacher written once, and no teacher-sized
+    buffer is allocated.
 
     * ``'element'``: ``t += w * (s - t)`` with ``w = momentum`` where the
       element is updated, else 0, as ``torch.lerp`` with a 0/``momentum``
@@ -51,8 +131,12 @@ class HostFineUpdate:
       NaN/Inf there, which only ``nonfinite='none'`` lets through.
       ``momentum=1`` selects bits instead: updated elements are exact copies
       and preserved ones are never touched.
-    * ``'channel'``: only the selected rows are gathered, moved toward the
-      student and scattered back.
+    * ``'channel'``: only the selected rows are touched; preserved rows are
+      never read.
+
+    The guard (a :class:`~mmsts.smoothing.guards.HostGuard` or none) checks
+    the student before any of this; a skipped step still draws its mask, to
+    count the fragments drawn as the other kernels do.
 
     Args:
         masks (FragmentMaskGenerator): Draws the masks.
@@ -60,20 +144,39 @@ class HostFineUpdate:
     """
 
     def __init__(self, masks: FragmentMaskGenerator, granularity: str) -> None:
-        self.masks = masks
-        self.granularity = granularity
+        super().__init__(masks, granularity)
         self._plans: Dict[tuple, list] = {}
 
     @staticmethod
     def supports(t_list: List[Tensor], s_list: List[Tensor]) -> bool:
-        """Whether the tensors of a group can be updated on the host."""
+        """Whether the tensors of a group can be updated on the host: float32
+        or float64, contiguous, on the CPU.
+
+        Args:
+            t_list (list[Tensor]): The teacher's tensors of the group.
+            s_list (list[Tensor]): The student's tensors of the group.
+        """
         return all(
             t.device.type == 'cpu' and t.is_contiguous() and s.is_contiguous()
             and t.dtype in (torch.float32, torch.float64)
             for t, s in zip(t_list, s_list))
 
-    def __call__(self, t_list: List[Tensor], s_list: List[Tensor],
-                 momentum: float, step: int, substream: int) -> int:
+    def __call__(self, teacher, student, momentum, step, substream, guard):
+        updated = []
+
+        def update(student: List[Tensor], scale) -> None:
+            updated.append(
+                self._update(teacher, student, momentum * scale, step,
+                             substream))
+
+        if not guard(student, step, update):
+            sizes = split_sizes(teacher, self.granularity)
+            mask = host_update_mask(self.masks, step, sum(sizes), substream)
+            return int(np.count_nonzero(mask))
+        return updated[0]
+
+    def _update(self, t_list: List[Tensor], s_list: List[Tensor],
+                momentum: float, step: int, substream: int) -> int:
         """Update ``t_list`` in place; return the number of updated
         fragments."""
         teacher = [t.detach().numpy() for t in t_list]
@@ -132,8 +235,8 @@ class HostFineUpdate:
             weight = np.empty(_HOST_CHUNK, dtype)
             updated = 0
             for block in blocks:
-                masks = self.masks.host_block_masks(step, num, block,
-                                                    _HOST_CHUNK, substream)
+                masks = host_block_masks(self.masks, step, num, block,
+                                         _HOST_CHUNK, substream)
                 runs_of = plan[block * per_block:(block + 1) * per_block]
                 for mask, runs in zip(masks, runs_of):
                     updated += int(np.count_nonzero(mask))
@@ -153,41 +256,50 @@ class HostFineUpdate:
     def _channel(self, teacher, student, momentum, step, substream) -> int:
         teacher = [_as_rows(t) for t in teacher]
         student = [s.reshape(t.shape) for s, t in zip(student, teacher)]
-        rows = [t.shape[0] for t in teacher]
-        mask = self.masks.host_update_mask(step, sum(rows), substream)
-        starts = np.cumsum([0] + rows).tolist()
+        starts = np.cumsum([0] + [t.shape[0] for t in teacher])
+        mask = host_update_mask(self.masks, step, int(starts[-1]), substream)
+        chosen = np.flatnonzero(mask)
+        # The chosen rows of each tensor, from one search.
+        bounds = np.searchsorted(chosen, starts).tolist()
         units = []
         for index, t in enumerate(teacher):
-            chosen = np.flatnonzero(mask[starts[index]:starts[index + 1]])
+            rows = chosen[bounds[index]:bounds[index + 1]] - starts[index]
             per_unit = max(1, _HOST_CHUNK // max(t.shape[1], 1))
-            units.extend((index, chosen[i:i + per_unit])
-                         for i in range(0, chosen.size, per_unit))
+            units.extend((index, rows[i:i + per_unit])
+                         for i in range(0, rows.size, per_unit))
         dtype = teacher[0].dtype
         momentum = dtype.type(momentum)
+        width = max(t.shape[1] for t in teacher)
 
         def work(share) -> int:
-            for index, chosen in share:
+            # Gathered rows, in cache: a unit holds at most _HOST_CHUNK
+            # elements (or one row). mode='clip' gathers straight into them
+            # (the default mode buffers `out`).
+            old = np.empty(max(_HOST_CHUNK, width), dtype)
+            diff = np.empty_like(old)
+            for index, rows in share:
                 t, s = teacher[index], student[index]
-                if momentum == 1:
-                    t[chosen] = np.take(s, chosen, axis=0)
-                    continue
-                old = np.take(t, chosen, axis=0)
-                diff = np.take(s, chosen, axis=0)
-                np.subtract(diff, old, out=diff)
-                np.multiply(diff, momentum, out=diff)
-                np.add(old, diff, out=old)
-                t[chosen] = old
+                shape = (rows.size, t.shape[1])
+                new = diff[:rows.size * t.shape[1]].reshape(shape)
+                np.take(s, rows, axis=0, out=new, mode='clip')
+                if momentum != 1:
+                    cur = old[:new.size].reshape(shape)
+                    np.take(t, rows, axis=0, out=cur, mode='clip')
+                    np.subtract(new, cur, out=new)
+                    np.multiply(new, momentum, out=new)
+                    np.add(new, cur, out=new)
+                t[rows] = new
             return 0
 
         _run_threads(work, units, sum(t.size for t in teacher))
-        return int(np.count_nonzero(mask))
+        return int(chosen.size)
 
 
 def _as_rows(array: np.ndarray) -> np.ndarray:
     """A 2-D view with one row per channel (a 0-dim tensor is one)."""
     if array.ndim == 0:
         return array.reshape(1, 1)
-    return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
+    return array.reshape(array.shape[0], math.prod(array.shape[1:]))
 
 
 def _lerp_runs(teacher, student, runs, mask, momentum, scratch,
