@@ -105,7 +105,9 @@ def perturb(model, gen):
 
 @pytest.fixture
 def max_iters():
-    """A fresh current MessageHub whose ``max_iters`` the test sets."""
+    """A fresh current MessageHub whose ``max_iters`` the test sets; it is
+    removed afterwards (the hub stays current), so that the length of
+    training does not leak into later tests."""
     hub = MessageHub.get_instance(f'test_smoothing_{uuid.uuid4().hex}')
 
     def set_max_iters(value):
@@ -113,7 +115,8 @@ def max_iters():
         assert MessageHub.get_current_instance() is hub
         return hub
 
-    return set_max_iters
+    yield set_max_iters
+    hub.pop_info('max_iters')
 
 
 # ----------------------------------------------------------------------
