@@ -32,6 +32,13 @@ def _unformatted_config_text(monkeypatch):
                         lambda text, **kwargs: (text, None))
 
 
+@pytest.fixture
+def accelerator_path(monkeypatch):
+    """Take the accelerator (sync-free) code paths of the update and the
+    NaN/Inf guard on CPU tensors."""
+    monkeypatch.setattr('mmsts.smoothing.devices.HOST_DEVICE_TYPES', ())
+
+
 def make_imagenet_folder(root: str, num_classes: int = 2,
                          per_class: int = 4, size: int = 40) -> str:
     """Write ImageNet's layout: ``root/{train,val}/<wnid>/<name>.JPEG`` and
@@ -164,8 +171,15 @@ class TeacherUpdateRecorder(Hook):
             buffers_copied = all(
                 torch.equal(a, s)
                 for a, s in zip(teacher.module.buffers(), model.buffers()))
+            distance = torch.cat([(a - s).double().flatten()
+                                  for a, s in zip(after, student)]).norm() / \
+                torch.cat([s.double().flatten() for s in student]).norm()
             self.calls.append(
-                dict(step=step, kinds=kinds, buffers_copied=buffers_copied))
+                dict(
+                    step=step,
+                    kinds=kinds,
+                    buffers_copied=buffers_copied,
+                    distance=float(distance)))
 
         teacher.update_parameters = recorded_update
 

@@ -1,9 +1,10 @@
-from .averaged_model import SpatialTemporalSmoothing, momentum_schedule_of
+from .averaged_model import (SpatialTemporalSmoothing, host_settings,
+                             sts_records)
 from .backbones import WideResNet
 from .data_preprocessors import MultiBranchDataPreprocessor
 from .semi import FixMatch
 
 __all__ = [
-    'SpatialTemporalSmoothing', 'momentum_schedule_of',
+    'SpatialTemporalSmoothing', 'host_settings', 'sts_records',
     'MultiBranchDataPreprocessor', 'WideResNet', 'FixMatch'
 ]

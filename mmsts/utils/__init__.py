@@ -5,5 +5,6 @@ from .dist import cpu_distributed, setup_cpu_distributed
 
 __all__ = [
     'fix_collate_fn_scope', 'mmengine_safe_globals',
-    'register_checkpoint_safe_globals', 'cpu_distributed', 'setup_cpu_distributed'
+    'register_checkpoint_safe_globals', 'cpu_distributed',
+    'setup_cpu_distributed'
 ]

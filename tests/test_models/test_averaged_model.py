@@ -21,7 +21,7 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 
 from mmsts.models import SpatialTemporalSmoothing
-from mmsts.smoothing import NonFiniteStudentError, SpatialTemporalSmoother
+from mmsts.smoothing import NonFiniteStudentError
 
 GRANULARITIES = ('tensor', 'channel', 'element')
 
@@ -183,7 +183,8 @@ def test_fragments_preserved_or_lerped_at_rate(granularity, steps):
         preserve_prob=preserve_prob,
         momentum=momentum,
         granularity=granularity,
-        seed=2)
+        seed=2,
+        log_interval=10**6)  # the test reads the statistics itself
     sts.update_parameters(student)  # the copy
     sts.pop_statistics()
     updated = total = 0
@@ -334,7 +335,7 @@ def test_state_dict_is_interchangeable_with_ema(update_buffers):
 
 
 @pytest.mark.parametrize('host_type', ['ema', 'cosine'])
-def test_from_averaged_model_shares_tensors_and_steps(host_type):
+def test_take_over_shares_tensors_and_steps(host_type):
     gen = torch.Generator().manual_seed(0)
     student = toy_net()
     if host_type == 'ema':
@@ -345,7 +346,7 @@ def test_from_averaged_model_shares_tensors_and_steps(host_type):
         perturb(student, gen)
         host.update_parameters(student)
     keys = list(host.state_dict())
-    sts = SpatialTemporalSmoothing.from_averaged_model(
+    sts = SpatialTemporalSmoothing.take_over(
         host, preserve_prob=0.0, momentum=0.25, name='target_net')
     assert list(sts.state_dict()) == keys
     for key, value in host.state_dict().items():
@@ -557,3 +558,64 @@ def test_nonfinite_buffers_stay_out_of_the_teacher(monkeypatch, sync_free):
                 'module.1.running_var'):
         assert torch.equal(after[key], before[key]), key
     assert teacher.pop_statistics()['nonfinite_steps'] == 1
+
+
+# ----------------------------------------------------------------------
+# Buffer policy: copy (mmpretrain), keep (official STS code), smooth
+# ----------------------------------------------------------------------
+def _bn_student():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    student.train()
+    return student
+
+
+@pytest.mark.parametrize('buffers', ['copy', 'keep', 'smooth'])
+def test_buffer_policies(buffers):
+    student = _bn_student()
+    teacher = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=0.5, buffers=buffers)
+    own = teacher.module[1].running_mean.clone()
+    teacher.update_parameters(student)  # update 0
+    student(torch.randn(8, 3) + 2)  # the student's statistics move
+    old = teacher.module[1].running_mean.clone()
+    teacher.update_parameters(student)
+    new = teacher.module[1].running_mean
+    target = student[1].running_mean
+    assert not torch.equal(target, old)
+    if buffers == 'copy':
+        assert torch.equal(new, target)
+    elif buffers == 'keep':
+        assert torch.equal(new, own)  # never touched by an update
+        assert int(teacher.module[1].num_batches_tracked) == 0
+    else:
+        torch.testing.assert_close(new, torch.lerp(old, target, 0.5))
+    assert teacher.settings['buffers'] == buffers
+    assert teacher.update_buffers == (buffers == 'smooth')
+
+
+def test_update_buffers_maps_to_a_policy():
+    assert SpatialTemporalSmoothing(
+        _bn_student(), update_buffers=True).settings['buffers'] == 'smooth'
+    assert SpatialTemporalSmoothing(
+        _bn_student()).settings['buffers'] == 'copy'
+    with pytest.raises(ValueError, match="contradicts buffers='keep'"):
+        SpatialTemporalSmoothing(
+            _bn_student(), update_buffers=True, buffers='keep')
+    with pytest.raises(ValueError, match="`buffers`.*'own'"):
+        SpatialTemporalSmoothing(_bn_student(), buffers='own')
+
+
+def test_take_over_keeps_or_overrides_the_buffer_policy():
+    student = _bn_student()
+    host = CosineEMA(student, momentum=0.01, update_buffers=True)
+    assert SpatialTemporalSmoothing.take_over(
+        host).settings['buffers'] == 'smooth'
+    host = ExponentialMovingAverage(student, momentum=0.01)
+    sts = SpatialTemporalSmoothing.take_over(host, buffers='keep')
+    assert sts.settings['buffers'] == 'keep'
+    assert sts._buffers_avg == [] and not sts.update_buffers
+    # Reconfiguring an STS teacher rebinds what it updates.
+    same = SpatialTemporalSmoothing.take_over(sts, buffers='smooth')
+    assert same is sts and sts.update_buffers
+    assert '1.running_mean' in sts.avg_parameters

@@ -81,7 +81,12 @@ def byol_config(tmp_path_factory, imagenet_root):
         str(root / 'unused'),
         imagenet_root,
         max_epochs=1,
-        hooks=[dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.7)])
+        hooks=[
+            dict(
+                type='SpatialTemporalSmoothingHook',
+                preserve_prob=0.7,
+                log_interval=1)
+        ])
     path = str(root / 'byol_sts.py')
     cfg.dump(path)
     return path
@@ -171,7 +176,8 @@ def test_extract_backbone_loads_strictly(extracted):
     teacher_meta = torch.load(extracted['teacher'])['meta']
     assert teacher_meta['teacher'] == 'target_net'
     assert teacher_meta['teacher_steps'] == 2 * ITERS_PER_EPOCH
-    assert teacher_meta['sts']['target_net']['preserve_prob'] == 0.7
+    assert teacher_meta['sts']['target_net']['settings'][
+        'preserve_prob'] == 0.7
     # The teacher is not the student.
     assert any(not torch.equal(loaded['teacher'][k], loaded['student'][k])
                for k in loaded['teacher'] if 'conv' in k)

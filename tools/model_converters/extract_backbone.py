@@ -47,6 +47,7 @@ from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
 import mmsts  # noqa: F401  (allow-lists MMEngine checkpoint types)
+from mmsts.models import sts_records
 
 #: The models ``--source`` can name.
 SOURCES = ('teacher', 'student', 'ema')
@@ -250,8 +251,9 @@ def extract_backbone(checkpoint: dict,
                 'mmengine_version'):
         if isinstance(old_meta.get(key), (int, str)):
             meta[key] = old_meta[key]
-    if isinstance(old_meta.get('sts'), dict):
-        meta['sts'] = old_meta['sts']
+    records = sts_records(checkpoint)
+    if records:  # the STS teachers' settings and their history
+        meta['sts'] = records
     return dict(state_dict=backbone, meta=meta)
 
 

@@ -22,6 +22,7 @@ from mmengine.runner import Runner
 from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 
+from mmsts.engine.hooks import SpatialTemporalSmoothingHook
 from mmsts.models import SpatialTemporalSmoothing
 from mmsts.smoothing import FragmentMaskGenerator, stream_id
 
@@ -55,7 +56,12 @@ def run_with_recorder(case, imagenet_root, work_dir):
         str(work_dir),
         imagenet_root,
         max_epochs=2,
-        hooks=[dict(type='SpatialTemporalSmoothingHook', preserve_prob=prob)])
+        hooks=[
+            dict(
+                type='SpatialTemporalSmoothingHook',
+                preserve_prob=prob,
+                log_interval=1)
+        ])
     cfg.experiment_name = f'{case}-{uuid.uuid4().hex}'
     runner = Runner.from_cfg(cfg)
     recorder = TeacherUpdateRecorder(lambda r: r.model.get_submodule(name),
@@ -139,17 +145,11 @@ def test_statistics_logged(sts_run):
         pytest.approx(flags.mean())
     assert hub.get_scalar(f'{prefix}/nonfinite_steps').current() == 0
 
-    # The distance, recomputed from the final teacher and student.
-    model = runner.model
-    teacher = list(model.get_submodule(name).module.parameters())
-    student = list(model.backbone.parameters()) + list(model.neck.parameters())
-    diff = torch.cat([(t - s).double().flatten()
-                      for t, s in zip(teacher, student)])
-    ref = diff.norm() / torch.cat([s.double().flatten()
-                                   for s in student]).norm()
+    # The distance between the teacher and the student it was given at the
+    # last update (before that iteration's optimizer step).
     distance = hub.get_scalar(f'{prefix}/distance').current()
     assert distance > 0
-    assert distance == pytest.approx(ref.item(), rel=1e-4)
+    assert distance == pytest.approx(last['distance'], rel=1e-4)
 
     # And in the JSON scalars log, once per iteration (LoggerHook interval
     # 1): iteration i logs the statistics of update count i - 1.
@@ -170,3 +170,91 @@ def test_statistics_logged(sts_run):
             momentum_at(step, runner.max_iters), rel=1e-12)
         expected = masks.update_flags(step, len(call['kinds'])).mean()
         assert record[f'{key}/update_fraction'] == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------
+# The hook is wiring: overrides only, one hook per teacher
+# ----------------------------------------------------------------------
+class _Runner:
+    """What ``before_run`` reads of a runner."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+def _fixmatch(**teacher):
+    return MODELS.build(
+        dict(
+            type='FixMatch',
+            backbone=dict(type='WideResNet', depth=10, widen_factor=1),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=3, in_channels=64),
+            teacher=teacher))
+
+
+def test_hook_overrides_only_what_is_set():
+    """A FixMatch STS teacher keeps its own settings; the hook changes only
+    the momentum it was given (it used to reset the rest to its
+    defaults)."""
+    model = _fixmatch(
+        preserve_prob=0.9,
+        momentum=0.001,
+        granularity='channel',
+        nonfinite='raise',
+        log_interval=7)
+    teacher = model.teacher
+    SpatialTemporalSmoothingHook(momentum=0.02).before_run(_Runner(model))
+    assert model.teacher is teacher  # reconfigured, not re-wrapped
+    assert teacher.settings == dict(
+        preserve_prob=0.9,
+        momentum=0.02,
+        momentum_schedule='constant',
+        end_momentum=0.0,
+        granularity='channel',
+        seed=None,
+        nonfinite='raise',
+        buffers='copy')
+    assert teacher.smoother.preserve_prob == 0.9
+    assert teacher.smoother.granularity == 'channel'
+    assert teacher.smoother.nonfinite == 'raise'
+    assert teacher.momentum == 0.02
+    assert teacher.log_interval == 7
+    assert teacher.name == 'teacher'  # the masks' stream is unchanged
+
+
+def test_hook_without_options_changes_nothing():
+    model = _fixmatch(preserve_prob=0.3, momentum=0.004, seed=5)
+    before = dict(model.teacher.settings)
+    SpatialTemporalSmoothingHook().before_run(_Runner(model))
+    assert model.teacher.settings == before
+
+
+def test_two_hooks_on_one_teacher_fail_at_start_up():
+    model = _fixmatch(preserve_prob=0.5, momentum=0.001)
+    first = SpatialTemporalSmoothingHook(preserve_prob=0.7)
+    first.before_run(_Runner(model))
+    with pytest.raises(ValueError,
+                       match='Two SpatialTemporalSmoothingHooks.*`teacher`'):
+        SpatialTemporalSmoothingHook(preserve_prob=0.2).before_run(
+            _Runner(model))
+    assert model.teacher.settings['preserve_prob'] == 0.7
+    # The same hook running again (e.g. a second `train()`) is fine.
+    first.before_run(_Runner(model))
+
+
+def test_two_hooks_in_one_config_fail_before_training(imagenet_root,
+                                                      tmp_path):
+    cfg = small_selfsup_cfg(
+        BYOL_CFG,
+        str(tmp_path),
+        imagenet_root,
+        max_epochs=1,
+        hooks=[
+            dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.7),
+            dict(type='SpatialTemporalSmoothingHook', momentum=0.02)
+        ])
+    cfg.experiment_name = f'two-hooks-{uuid.uuid4().hex}'
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='target_net'):
+        runner.train()
+    assert runner.iter == 0
