@@ -15,5 +15,6 @@ custom_hooks = [
         preserve_prob=0.7,
         momentum=1.0,
         momentum_schedule='constant',
-        end_momentum=0.0)
+        end_momentum=0.0,
+        buffers='keep')
 ]

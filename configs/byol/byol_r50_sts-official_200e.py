@@ -11,7 +11,13 @@
 #   cosine to 0 over the remaining 190 epochs, both updated every iteration;
 # - the last incomplete batch of an epoch is dropped, as their loader does;
 # - the STS settings are spelled out: p = 0.7, teacher weight 0.99 annealed
-#   to 1 with a cosine, i.e. momentum 0.01 -> 0 (the same as the base).
+#   to 1 with a cosine, i.e. momentum 0.01 -> 0 (the same as the base);
+# - the teacher keeps its own BN running statistics (`buffers='keep'`): the
+#   official teacher's BN layers are never copied from or averaged with the
+#   student's; they only follow the teacher's own forward passes (there with
+#   momentum2-teacher's MomentumBatchNorm, whose cosine-decayed BN momentum
+#   mmpretrain's BN does not have). mmpretrain's teachers copy the student's
+#   statistics at every update instead.
 # The model, loss (equal to theirs up to a constant) and augmentations are
 # mmpretrain's BYOL ones.
 #
@@ -51,5 +57,6 @@ custom_hooks = [
         preserve_prob=0.7,
         momentum=0.01,
         momentum_schedule='cosine',
-        end_momentum=0.0)
+        end_momentum=0.0,
+        buffers='keep')
 ]

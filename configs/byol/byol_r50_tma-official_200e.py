@@ -14,5 +14,6 @@ custom_hooks = [
         preserve_prob=0.0,
         momentum=0.01,
         momentum_schedule='cosine',
-        end_momentum=0.0)
+        end_momentum=0.0,
+        buffers='keep')
 ]

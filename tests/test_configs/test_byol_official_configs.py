@@ -58,6 +58,8 @@ def test_twin_differs_only_in_the_smoothing(name):
             if twin_hook[k] != official_hook[k]} == keys
     assert {k: twin_hook[k] for k in keys} == values
     assert official_hook.preserve_prob == 0.7
+    # As the official code: the teacher keeps its own BN statistics.
+    assert official_hook.buffers == twin_hook.buffers == 'keep'
 
 
 @pytest.mark.parametrize('name', sorted(TWINS))
@@ -80,6 +82,8 @@ def test_twin_trains_with_its_smoothing(name, imagenet_root, tmp_path):
     if end_momentum is not None:
         assert teacher.smoother.schedule.end_momentum == end_momentum
     assert int(teacher.steps) == 2
+    assert teacher.settings['buffers'] == 'keep'
+    assert teacher._buffers_avg == []  # no update touches the BN buffers
     # The official optimiser, untouched by the twin.
     optimizer = runner.optim_wrapper.optimizer
     assert type(optimizer).__name__ == 'SGD'
