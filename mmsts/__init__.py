@@ -4,9 +4,11 @@ Importing the package registers its modules in mmpretrain's registries, so
 ``custom_imports = dict(imports=['mmsts'])`` is all a config needs.
 """
 from .version import __version__
-from .utils import register_checkpoint_safe_globals
+from .utils import (patch_runner_collate_fn_scope,
+                    register_checkpoint_safe_globals)
 
 register_checkpoint_safe_globals()
+patch_runner_collate_fn_scope()
 
 from . import datasets, engine, models  # noqa: E402,F401  (registers)
 
