@@ -14,8 +14,12 @@ from torch import Tensor
 BRANCHES = ('sup', 'unsup_weak', 'unsup_strong')
 PSEUDO_LABEL_SOURCES = ('teacher', 'student')
 PREDICT_ON = ('teacher', 'student')
+TEACHER_MODES = ('train', 'eval')
 _TRAIN_DEFAULTS = dict(
-    threshold=0.95, lambda_u=1.0, pseudo_label_source='teacher')
+    threshold=0.95,
+    lambda_u=1.0,
+    pseudo_label_source='student',
+    teacher_mode='train')
 
 
 @MODELS.register_module()
@@ -38,17 +42,21 @@ class FixMatch(BaseClassifier):
             \\mathrm{CE}(p_s(\\mathcal{A}(u_b)), \\arg\\max q_b)
 
     where ``q_b`` is the class distribution predicted on the weak view
-    ``u_b``: by the teacher (``pseudo_label_source='teacher'``, no gradient)
-    or by the student in the same concatenated pass, detached (``'student'``,
-    the original FixMatch, where the averaged model is used for evaluation
-    only). The supervised term is the head's own loss.
+    ``u_b``: by the student in the same concatenated pass, detached
+    (``pseudo_label_source='student'``, the default: the original FixMatch,
+    where the averaged model is used for evaluation only), or by the teacher
+    (``'teacher'``, no gradient: a mean-teacher FixMatch, not the original
+    algorithm). The supervised term is the head's own loss.
 
     The teacher is updated once per training step, at the start of
     :meth:`loss` and before it predicts, as mmpretrain's BYOL updates its
     target network (the first update copies the student). A
     :class:`~mmsts.engine.SpatialTemporalSmoothingHook` can take it over.
-    It runs in the model's mode, i.e. with batch statistics during training,
-    like mmpretrain's momentum encoders.
+    When it predicts pseudo-labels, it runs in training mode, i.e. with the
+    batch statistics of the weak views, like mmpretrain's momentum encoders
+    (``teacher_mode='train'``, default), or in evaluation mode, with its
+    running batch-norm statistics (``teacher_mode='eval'``); the teacher is
+    put back in the model's mode afterwards.
 
     Logged besides ``loss_x`` and ``loss_u`` (which includes ``lambda_u``):
     ``mask_rate``, the fraction of unlabeled images whose confidence reaches
@@ -77,8 +85,11 @@ class FixMatch(BaseClassifier):
         semi_train_cfg (dict, optional): ``threshold`` (confidence threshold
             tau in (0, 1], a prediction exactly at tau counts as confident;
             default 0.95), ``lambda_u`` (weight of the unlabeled loss, >= 0;
-            default 1) and ``pseudo_label_source`` (``'teacher'`` or
-            ``'student'``; default ``'teacher'``).
+            default 1), ``pseudo_label_source`` (``'student'``, the original
+            FixMatch, default; or ``'teacher'``, a mean-teacher FixMatch) and
+            ``teacher_mode`` (how the teacher predicts pseudo-labels:
+            ``'train'``, with batch statistics, default; or ``'eval'``, with
+            its running statistics; unused with ``'student'``).
         semi_test_cfg (dict, optional): ``predict_on``: the model used by
             :meth:`predict`, ``'teacher'`` (default) or ``'student'``;
             :class:`~mmsts.engine.TeacherStudentValLoop` switches it to
@@ -228,8 +239,7 @@ class FixMatch(BaseClassifier):
         }
 
         if self.semi_train_cfg['pseudo_label_source'] == 'teacher':
-            with torch.no_grad():
-                weak_logits = self.teacher(inputs['unsup_weak'])
+            weak_logits = self._teacher_logits(inputs['unsup_weak'])
         else:
             weak_logits = self.student.head(weak_feats).detach()
         probs = weak_logits.float().softmax(dim=1)
@@ -244,6 +254,18 @@ class FixMatch(BaseClassifier):
             _pseudo_label_accuracy(pseudo_labels, mask,
                                    data_samples['unsup_weak']))
         return losses
+
+    @torch.no_grad()
+    def _teacher_logits(self, inputs: Tensor) -> Tensor:
+        """The teacher's logits, in the mode set by ``teacher_mode``."""
+        if self.semi_train_cfg['teacher_mode'] == 'train':
+            return self.teacher(inputs)
+        was_training = self.teacher.training
+        self.teacher.eval()
+        try:
+            return self.teacher(inputs)
+        finally:
+            self.teacher.train(was_training)
 
 
 def _check_train_cfg(cfg: Optional[dict]) -> dict:
@@ -266,6 +288,10 @@ def _check_train_cfg(cfg: Optional[dict]) -> dict:
     if source not in PSEUDO_LABEL_SOURCES:
         raise ValueError('`semi_train_cfg.pseudo_label_source` must be one '
                          f'of {PSEUDO_LABEL_SOURCES}, but got {source!r}')
+    mode = cfg['teacher_mode']
+    if mode not in TEACHER_MODES:
+        raise ValueError('`semi_train_cfg.teacher_mode` must be one of '
+                         f'{TEACHER_MODES}, but got {mode!r}')
     cfg['threshold'], cfg['lambda_u'] = float(threshold), float(lambda_u)
     return cfg
 

@@ -75,7 +75,8 @@ def exact_softmax_logit(target: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------
 def test_confidence_exactly_at_threshold_is_kept(monkeypatch):
     model = build_fixmatch(
-        head=dict(type='LinearClsHead', num_classes=2, in_channels=64))
+        head=dict(type='LinearClsHead', num_classes=2, in_channels=64),
+        semi_train_cfg=dict(pseudo_label_source='teacher'))
     at = torch.tensor(0.95)
     d_at = exact_softmax_logit(at)
     d_below = d_at  # the largest float32 logit whose softmax is below 0.95
@@ -166,6 +167,65 @@ def test_loss_equals_hand_computation(source):
     # Gradients flow into the student through both terms.
     (losses['loss_x'] + losses['loss_u']).backward()
     assert model.student.head.fc.weight.grad.abs().sum() > 0
+
+
+def test_original_fixmatch_is_the_default():
+    """Pseudo-labels from the model being trained (FixMatch's paper and
+    code); the teacher is only updated, for evaluation."""
+    model = build_fixmatch()
+    assert model.semi_train_cfg['pseudo_label_source'] == 'student'
+    teacher_calls = count_calls(model.teacher.module.backbone)
+    inputs, data_samples = make_batch()
+    model.loss(inputs, data_samples)
+    assert teacher_calls == []
+    assert int(model.teacher.steps) == 1
+
+
+def bn_layers(module):
+    return [m for m in module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_teacher_mode_sets_the_batch_norm_statistics(mode):
+    """``teacher_mode='eval'`` predicts with the teacher's running
+    statistics, ``'train'`` with the weak views' batch statistics; the
+    teacher is back in training mode afterwards."""
+    model = build_fixmatch(
+        semi_train_cfg=dict(pseudo_label_source='teacher',
+                            teacher_mode=mode))
+    model.train()
+    # Running statistics far from the batch's, so the two modes differ.
+    g = torch.Generator().manual_seed(0)
+    for bn in bn_layers(model.student):
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 2)
+    inputs, data_samples = make_batch(seed=3)
+    seen = []
+    model.teacher.module.register_forward_hook(
+        lambda m, args, out: seen.append((m.training, out.detach().clone())))
+    # The first update copies the student, buffers included, into the
+    # teacher: the expected logits are the student's copy's, in either mode.
+    reference = copy.deepcopy(model.student)
+    with torch.no_grad():
+        by_running_stats = reference.eval()(inputs['unsup_weak'])
+        by_batch_stats = reference.train()(inputs['unsup_weak'])
+    assert not torch.allclose(by_running_stats, by_batch_stats, atol=1e-3)
+    running_means = [
+        bn.running_mean.clone() for bn in bn_layers(model.student)
+    ]
+
+    model.loss(inputs, data_samples)
+
+    ((training, logits), ) = seen
+    assert training == (mode == 'train')
+    expected = by_batch_stats if mode == 'train' else by_running_stats
+    torch.testing.assert_close(logits, expected)
+    assert model.teacher.training and model.teacher.module.training
+    # Evaluation mode leaves the running statistics as they were.
+    if mode == 'eval':
+        for bn, mean in zip(bn_layers(model.teacher.module), running_means):
+            assert torch.equal(bn.running_mean, mean)
 
 
 def test_no_pseudo_label_accuracy_without_unlabeled_labels():
@@ -344,6 +404,10 @@ def test_checkpoint_holds_both_models_and_loads_into_mmpretrain(
     (dict(semi_train_cfg=dict(lambda_u=-1)), 'lambda_u.*-1'),
     (dict(semi_train_cfg=dict(pseudo_label_source='ema')),
      'pseudo_label_source.*ema'),
+    (dict(semi_train_cfg=dict(teacher_mode='test')),
+     r'semi_train_cfg.teacher_mode.*\'test\''),
+    (dict(semi_train_cfg=dict(teacher_mode=False)),
+     'semi_train_cfg.teacher_mode.*False'),
     (dict(semi_train_cfg=dict(tau=0.9)), 'tau'),
     (dict(semi_test_cfg=dict(predict_on='both')), 'predict_on.*both'),
     (dict(teacher=dict(preserve_prob=1.5)), 'preserve_prob.*1.5'),
