@@ -29,8 +29,11 @@ model = dict(
         loss=dict(type='CrossEntropyLoss', loss_weight=1.0)),
     teacher=dict(
         type='SpatialTemporalSmoothing', preserve_prob=0.5, momentum=0.01),
+    # The original FixMatch (pseudo-labels from the model being trained), as
+    # the CIFAR configs; fixmatch-meanteacher_*_digits-40labels.py takes
+    # them from the teacher.
     semi_train_cfg=dict(
-        threshold=0.95, lambda_u=1.0, pseudo_label_source='teacher'),
+        threshold=0.95, lambda_u=1.0, pseudo_label_source='student'),
     semi_test_cfg=dict(predict_on='teacher'))
 
 max_iters = 1000

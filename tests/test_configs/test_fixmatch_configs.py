@@ -12,6 +12,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.optim.scheduler.param_scheduler import INF
 from mmengine.runner import Runner
+from mmpretrain.registry import MODELS
 
 import mmsts  # noqa: F401  (registers the modules)
 from conftest import REPO_ROOT, make_cifar_pickles
@@ -19,29 +20,42 @@ from mmsts.engine import FixMatchCosineLR
 
 CONFIG_DIR = osp.join(
     REPO_ROOT, 'configs', 'fixmatch')
-CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, 'fixmatch_*.py')))
-CIFAR_CONFIGS = [p for p in CONFIGS if '_cifar' in p]
-# fixmatch_{backbone}_{teacher}_{gpus}xb{B}-mu{mu}-{iters}_{data}-{N}labels
-NAME = re.compile(r'fixmatch_wrn(?P<depth>\d+)-(?P<k>\d+)_(?P<teacher>sts|'
-                  r'tma|se)_1xb(?P<B>\d+)-mu(?P<mu>\d+)-(?P<kiters>\d+)k_'
+# {algorithm}_{backbone}_{teacher}_{gpus}xb{B}-mu{mu}-{iters}_{data}-{N}labels
+# where the algorithm is `fixmatch` (the original: pseudo-labels from the
+# model being trained) or `fixmatch-mt` (mean teacher: from the teacher).
+NAME = re.compile(r'(?P<algo>fixmatch|fixmatch-mt)_wrn(?P<depth>\d+)-'
+                  r'(?P<k>\d+)_(?P<teacher>sts|tma|se)_1xb(?P<B>\d+)-'
+                  r'mu(?P<mu>\d+)-(?P<kiters>\d+)k_'
                   r'(?P<data>cifar10|cifar100|digits)-(?P<labels>\d+)'
                   r'labels\.py')
+# The configs of these tests: CIFAR and the digits.
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(CONFIG_DIR, 'fixmatch*_*.py'))
+    if re.search(r'_(cifar10|cifar100|digits)-\d+labels\.py$', p))
+ORIGINAL_CONFIGS = [
+    p for p in CONFIGS if osp.basename(p).startswith('fixmatch_')
+]
+MT_CONFIGS = [
+    p for p in CONFIGS if osp.basename(p).startswith('fixmatch-mt_')
+]
+CIFAR_CONFIGS = [p for p in CONFIGS if '_cifar' in p]
 NUM_CLASSES = dict(cifar10=10, cifar100=100, digits=10)
 DATASET_TYPE = dict(cifar10='CIFAR10', cifar100='CIFAR100', digits='Digits')
 # FixMatch's label counts (Sohn et al., 2020, Table 2).
 CIFAR_LABELS = dict(cifar10={40, 250, 4000}, cifar100={400, 2500, 10000})
 PER_CLASS = 4  # training images per class of the tiny CIFAR data sets
+PSEUDO_LABEL_SOURCE = {'fixmatch': 'student', 'fixmatch-mt': 'teacher'}
 
 
 def config_id(path):
-    return osp.basename(path)[len('fixmatch_'):-len('.py')]
+    return osp.basename(path)[:-len('.py')]
 
 
 def parse_name(path):
     match = NAME.fullmatch(osp.basename(path))
     assert match, f'{osp.basename(path)} does not follow the naming scheme'
     return {
-        k: v if k in ('teacher', 'data') else int(v)
+        k: v if k in ('algo', 'teacher', 'data') else int(v)
         for k, v in match.groupdict().items()
     }
 
@@ -52,14 +66,54 @@ def sts_sibling(path):
         osp.dirname(path), re.sub(r'_(tma|se)_', '_sts_', name, count=1))
 
 
-def test_every_cifar_split_has_an_sts_and_a_tma_config():
-    found = {(n['data'], n['labels'], n['teacher'])
+def original_sibling(path):
+    name = osp.basename(path)
+    assert name.startswith('fixmatch-mt_')
+    return osp.join(
+        osp.dirname(path), 'fixmatch_' + name[len('fixmatch-mt_'):])
+
+
+def test_every_cifar_split_has_sts_and_tma_configs_of_both_algorithms():
+    found = {(n['algo'], n['data'], n['labels'], n['teacher'])
              for n in map(parse_name, CIFAR_CONFIGS)}
-    expected = {(data, labels, teacher)
+    expected = {(algo, data, labels, teacher)
+                for algo in ('fixmatch', 'fixmatch-mt')
                 for data, counts in CIFAR_LABELS.items()
                 for labels in counts
                 for teacher in ('sts', 'tma')}
     assert found == expected
+
+
+def test_every_mean_teacher_config_has_an_original_sibling():
+    assert len(MT_CONFIGS) == 14  # 12 CIFAR and 2 digits configs
+    for path in MT_CONFIGS:
+        assert osp.isfile(original_sibling(path)), path
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=config_id)
+def test_pseudo_labels_come_from_the_model_the_name_says(path):
+    """`fixmatch_*` is the original FixMatch: pseudo-labels from the model
+    being trained, the teacher only evaluated; `fixmatch-mt_*` takes them
+    from the teacher, in training mode."""
+    algo = parse_name(path)['algo']
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    assert model.semi_train_cfg['pseudo_label_source'] == \
+        PSEUDO_LABEL_SOURCE[algo]
+    assert model.semi_train_cfg['teacher_mode'] == 'train'
+    assert model.semi_test_cfg['predict_on'] == 'teacher'  # evaluated
+
+
+@pytest.mark.parametrize('path', MT_CONFIGS, ids=config_id)
+def test_mean_teacher_differs_from_fixmatch_in_the_pseudo_labels(path):
+    mt = Config.fromfile(path).to_dict()
+    original = Config.fromfile(original_sibling(path)).to_dict()
+    mt_cfg = mt['model'].pop('semi_train_cfg')
+    original_cfg = original['model'].pop('semi_train_cfg')
+    assert mt_cfg == dict(original_cfg, pseudo_label_source='teacher',
+                          teacher_mode='train')
+    assert original_cfg['pseudo_label_source'] == 'student'
+    assert mt == original
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=config_id)
@@ -101,8 +155,8 @@ def test_cifar_config_follows_the_fixmatch_recipe(path):
     assert cfg.model.backbone.depth == 28
     assert cfg.model.backbone.widen_factor == (2 if data == 'cifar10' else 8)
     assert cfg.model.teacher.momentum == 0.001  # teacher weight 0.999
-    assert cfg.model.semi_train_cfg == dict(
-        threshold=0.95, lambda_u=1.0, pseudo_label_source='teacher')
+    assert cfg.model.semi_train_cfg.threshold == 0.95
+    assert cfg.model.semi_train_cfg.lambda_u == 1.0
     optimizer = cfg.optim_wrapper.optimizer
     assert (optimizer.type, optimizer.lr, optimizer.momentum,
             optimizer.nesterov) == ('SGD', 0.03, 0.9, True)
@@ -111,6 +165,11 @@ def test_cifar_config_follows_the_fixmatch_recipe(path):
         norm_decay_mult=0.0, bias_decay_mult=0.0)
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'
     assert cfg.train_cfg.max_iters == 2**20
+    # FixMatch evaluates every 64k labeled images (1,024 steps) and reports
+    # the median of the last 20 evaluations; the best checkpoint is a
+    # convenience.
+    assert cfg.train_cfg.val_interval == 1024
+    assert cfg.default_hooks.checkpoint.save_best == 'teacher/accuracy/top1'
 
 
 @pytest.mark.parametrize(
@@ -217,7 +276,17 @@ def small_cfg(path, work_dir, data_root, max_iters=3, checkpoint_interval=3):
     return cfg
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=config_id)
+# Every original config, and one mean-teacher config per data set (the
+# others differ from their sibling only in `semi_train_cfg`, see above).
+TRAINED_CONFIGS = ORIGINAL_CONFIGS + [
+    osp.join(CONFIG_DIR, name) for name in (
+        'fixmatch-mt_wrn28-2_sts_1xb64-mu7-1048k_cifar10-40labels.py',
+        'fixmatch-mt_wrn28-8_tma_1xb64-mu7-1048k_cifar100-400labels.py',
+        'fixmatch-mt_wrn10-1_sts_1xb16-mu3-1k_digits-40labels.py')
+]
+
+
+@pytest.mark.parametrize('path', TRAINED_CONFIGS, ids=config_id)
 def test_config_trains_and_validates_teacher_and_student(
         path, tmp_path, cifar_roots, no_cifar_md5):
     name = parse_name(path)
@@ -225,10 +294,17 @@ def test_config_trains_and_validates_teacher_and_student(
     runner = Runner.from_cfg(cfg)
     recorder = BatchRecorder()
     runner.register_hook(recorder)
+    # Teacher forward passes in training (the validations run in eval mode).
+    teacher_train_calls = []
+    runner.model.teacher.module.register_forward_hook(
+        lambda m, args, out: teacher_train_calls.append(1)
+        if m.training else None)
     runner.train()
 
     model = runner.model
     assert int(model.teacher.steps) == 3
+    expected_calls = 3 if name['algo'] == 'fixmatch-mt' else 0
+    assert len(teacher_train_calls) == expected_calls
     assert model.teacher.smoother.preserve_prob == cfg.model.teacher.get(
         'preserve_prob', 0.5)
     # 2 labeled and 2 mu unlabeled images in every batch.

@@ -21,8 +21,12 @@ model = dict(
     # FixMatch's EMA decay 0.999 is momentum=0.001. preserve_prob=0 is TMA.
     teacher=dict(
         type='SpatialTemporalSmoothing', preserve_prob=0.5, momentum=0.001),
+    # The original FixMatch: pseudo-labels from the model being trained
+    # (its weak-view predictions, detached); the teacher is the evaluated
+    # model. The mean-teacher variant (pseudo-labels from the teacher) is
+    # ../fixmatch-meanteacher_*.py.
     semi_train_cfg=dict(
-        threshold=0.95, lambda_u=1.0, pseudo_label_source='teacher'),
+        threshold=0.95, lambda_u=1.0, pseudo_label_source='student'),
     semi_test_cfg=dict(predict_on='teacher'))
 
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-3))
