@@ -246,6 +246,15 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         if total_steps is not None:
             _positive_int('total_steps', total_steps)
         self.smoother = build_smoother(name, settings)
+        momentum = self.smoother.schedule.momentum
+        if 0.5 < momentum < 1:
+            print_log(
+                f'STS teacher `{name}`: momentum={momentum} is the weight of '
+                'the *student* (MMEngine convention), so the teacher follows '
+                'the student almost at once. A teacher weight (decay) of '
+                f'{momentum} is momentum={1 - momentum:.6g}.',
+                logger='current',
+                level=logging.WARNING)
         # The validated values, as plain Python numbers.
         self.settings = {
             **DEFAULT_SETTINGS,

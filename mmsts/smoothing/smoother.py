@@ -170,7 +170,7 @@ class SpatialTemporalSmoother:
 
     def _groups(self, teacher, student,
                 indices) -> List[Tuple[List[Tensor], List[Tensor]]]:
-        """Split the chosen pairs by (device, dtype), as foreach kernels need."""
+        """Split the chosen pairs by (device, dtype) for the foreach kernels."""
         groups: Dict[tuple, Tuple[list, list]] = defaultdict(lambda: ([], []))
         for i in indices:
             t = teacher[i]
@@ -248,22 +248,27 @@ class SpatialTemporalSmoother:
         This synchronises host and device once; call it at log intervals.
 
         Returns:
-            dict: ``momentum`` (of the last step), ``update_fraction``
-            (updated fragments / fragments), ``nonfinite_steps`` (skipped
-            steps).
+            dict: ``nonfinite_steps`` (skipped steps) and, once a step
+            has run, ``momentum`` (of the last step) and
+            ``update_fraction`` (updated fragments / fragments drawn; absent
+            when no fragment was drawn since the last call, e.g. after only
+            a model's initial copy).
 
         Raises:
             NonFiniteStudentError: if ``nonfinite='raise'`` and a step was
                 skipped on device since the last call.
         """
-        fraction = float(self._updated) / max(self._fragments, 1)
+        fraction = float(self._updated) / self._fragments \
+            if self._fragments else None
         nonfinite = self._nonfinite.pop()
         self._reset_statistics()
         if nonfinite and self.nonfinite == 'raise':
             raise NonFiniteStudentError(
                 f'The student held NaN/Inf values at {nonfinite} step(s); '
                 "those teacher updates were skipped (nonfinite='raise').")
-        stats = dict(update_fraction=fraction, nonfinite_steps=nonfinite)
+        stats = dict(nonfinite_steps=nonfinite)
+        if fraction is not None:
+            stats['update_fraction'] = fraction
         if self.last_momentum is not None:
             stats['momentum'] = float(self.last_momentum)
         return stats

@@ -619,3 +619,23 @@ def test_take_over_keeps_or_overrides_the_buffer_policy():
     same = SpatialTemporalSmoothing.take_over(sts, buffers='smooth')
     assert same is sts and sts.update_buffers
     assert '1.running_mean' in sts.avg_parameters
+
+
+@pytest.mark.parametrize('momentum,warned', [(0.99, True), (0.6, True),
+                                             (0.5, False), (1.0, False),
+                                             (0.01, False)])
+def test_decay_written_as_momentum_warns(momentum, warned, caplog):
+    """``momentum=0.99`` (a decay, as timm writes it) makes the teacher
+    almost the student: warn, spelling out the conversion."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(caplog.handler)
+    try:
+        SpatialTemporalSmoothing(toy_net(), momentum=momentum)
+    finally:
+        logger.removeHandler(caplog.handler)
+    messages = [r.getMessage() for r in caplog.records
+                if 'weight of the *student*' in r.getMessage()]
+    assert bool(messages) == warned
+    if warned:
+        assert f'momentum={1 - momentum:.6g}' in messages[0]

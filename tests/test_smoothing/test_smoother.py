@@ -217,7 +217,8 @@ def test_fragments_preserved_or_lerped_at_rate(granularity, steps,
     assert stats['update_fraction'] == pytest.approx(fraction, abs=1e-12)
     assert stats['momentum'] == momentum
     assert stats['nonfinite_steps'] == 0
-    assert smoother.pop_statistics()['update_fraction'] == 0.0  # reset
+    # Reset: no fragment drawn since, so no fraction to report.
+    assert 'update_fraction' not in smoother.pop_statistics()
 
 
 def test_mixed_dtypes_are_updated():
