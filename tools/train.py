@@ -2,7 +2,8 @@
 
 Examples::
 
-    python tools/train.py configs/byol/byol_r50_sts_200e.py
+    python tools/train.py \\
+        configs/byol/byol_resnet50_sts_8xb32-coslr-200e_in1k.py
     python tools/train.py CONFIG --resume            # latest in work_dir
     bash tools/dist_train.sh CONFIG 8                # torchrun, 8 processes
 

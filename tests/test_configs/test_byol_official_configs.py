@@ -1,6 +1,7 @@
 """The official-recipe BYOL configs: the TMA and SE twins of
-``byol_r50_sts-official_200e.py`` change only the smoothing, and the linear
-probe follows the official STS evaluation protocol."""
+``byol_resnet50_sts-official_8xb32-coslr-200e_in1k.py`` change only the
+smoothing, and the linear probe follows the official STS evaluation
+protocol."""
 import copy
 import os.path as osp
 
@@ -17,17 +18,18 @@ from mmsts.smoothing import ConstantMomentum, CosineMomentum
 from conftest import REPO_ROOT, _set_key, small_selfsup_cfg
 
 BYOL = osp.join(REPO_ROOT, 'configs', 'byol')
-OFFICIAL = osp.join(BYOL, 'byol_r50_sts-official_200e.py')
+OFFICIAL = osp.join(BYOL,
+                    'byol_resnet50_sts-official_8xb32-coslr-200e_in1k.py')
 PROBE = osp.join(BYOL, 'benchmarks',
                  'resnet50_8xb32-linear-bn-coslr-80e_in1k_sts-official.py')
 TEACHER_PREFIX = 'target_net.module.0.'
 # twin -> (hook keys that differ from the official STS hook, their values,
 #          the schedule the teacher must end up with)
 TWINS = {
-    'byol_r50_tma-official_200e.py':
+    'byol_resnet50_tma-official_8xb32-coslr-200e_in1k.py':
     ({'preserve_prob'}, dict(preserve_prob=0.0),
      (CosineMomentum, 0.01, 0.0)),
-    'byol_r50_se-official_200e.py':
+    'byol_resnet50_se-official_8xb32-coslr-200e_in1k.py':
     ({'momentum', 'momentum_schedule'},
      dict(momentum=1.0, momentum_schedule='constant'),
      (ConstantMomentum, 1.0, None)),

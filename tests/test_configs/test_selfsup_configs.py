@@ -21,19 +21,43 @@ from mmsts.smoothing import ConstantMomentum, CosineMomentum
 from conftest import REPO_ROOT, _set_key, small_selfsup_cfg
 
 REPO = REPO_ROOT
+# The recipes (configs/byol/README.md explains the naming scheme).
+BYOL_STS = 'byol_resnet50_sts_8xb32-coslr-200e_in1k.py'
+BYOL_TMA = 'byol_resnet50_tma_8xb32-coslr-200e_in1k.py'
+BYOL_SE = 'byol_resnet50_se_8xb32-coslr-200e_in1k.py'
+BYOL_STS_OFFICIAL = 'byol_resnet50_sts-official_8xb32-coslr-200e_in1k.py'
+BYOL_TMA_OFFICIAL = 'byol_resnet50_tma-official_8xb32-coslr-200e_in1k.py'
+BYOL_SE_OFFICIAL = 'byol_resnet50_se-official_8xb32-coslr-200e_in1k.py'
+MOCOV2_STS = 'mocov2_resnet50_sts_8xb32-coslr-200e_in1k.py'
+MOCOV2_TMA = 'mocov2_resnet50_tma_8xb32-coslr-200e_in1k.py'
+MOCOV2_SE = 'mocov2_resnet50_se_8xb32-coslr-200e_in1k.py'
 METHODS = ('byol', 'mocov2')
-# The digits demo configs use another data set; they have their own tests.
+# The small-scale demo/study configs (digits, Fashion-MNIST) use other data
+# sets and have their own tests.
+SMALL_DATA = ('digits', 'fashion-mnist')
+
+
+def _imagenet_recipe(path: str) -> bool:
+    return not any(data in osp.basename(path) for data in SMALL_DATA)
+
+
 PRETRAIN_CONFIGS = sorted(
     p for m in METHODS
     for p in glob.glob(osp.join(REPO, 'configs', m, '*.py'))
-    if 'digits' not in osp.basename(p))
+    if _imagenet_recipe(p))
 PROBE_CONFIGS = sorted(
     p for m in METHODS
     for p in glob.glob(osp.join(REPO, 'configs', m, 'benchmarks', '*.py'))
     # The official STS probe differs from mmpretrain's benchmark on
     # purpose; test_byol_official_configs.py covers it.
-    if 'digits' not in osp.basename(p)
-    and 'sts-official' not in osp.basename(p))
+    if _imagenet_recipe(p) and 'sts-official' not in osp.basename(p))
+# mmpretrain's naming scheme with the teacher update as a field of its own
+# (as configs/fixmatch/ has it): {algorithm}_{backbone}_{teacher}_{gpus}x
+# b{batch per GPU}-{schedule}-{epochs}e_{data}.py.
+NAME_SCHEME = re.compile(r'(?P<algorithm>byol|mocov2)_(?P<backbone>resnet50)_'
+                         r'(?P<teacher>sts|tma|se)(?P<official>-official)?_'
+                         r'(?P<gpus>\d+)xb(?P<batch>\d+)-coslr-'
+                         r'(?P<epochs>\d+)e_in1k\.py')
 
 # mmpretrain's configs that ours inherit (paths under its configs/).
 MMPRETRAIN_BASE = {
@@ -47,36 +71,36 @@ TEACHER = {'byol': 'target_net', 'mocov2': 'encoder_k'}
 # (class, momentum, end_momentum or None).
 BYOL_COSINE = (CosineMomentum, 0.01, 0.0)
 EXPECTED = {
-    'byol_r50_sts_200e.py':
+    BYOL_STS:
     dict(preserve_prob=0.7, schedule=BYOL_COSINE, optimizer='LARS'),
-    'byol_r50_tma_200e.py':
+    BYOL_TMA:
     dict(preserve_prob=0.0, schedule=BYOL_COSINE, optimizer='LARS'),
-    'byol_r50_se_200e.py':
+    BYOL_SE:
     dict(
         preserve_prob=0.7,
         schedule=(ConstantMomentum, 1.0, None),
         optimizer='LARS'),
-    'byol_r50_sts-official_200e.py':
+    BYOL_STS_OFFICIAL:
     dict(preserve_prob=0.7, schedule=BYOL_COSINE, optimizer='SGD', lr=0.05),
-    'byol_r50_tma-official_200e.py':
+    BYOL_TMA_OFFICIAL:
     dict(preserve_prob=0.0, schedule=BYOL_COSINE, optimizer='SGD', lr=0.05),
-    'byol_r50_se-official_200e.py':
+    BYOL_SE_OFFICIAL:
     dict(
         preserve_prob=0.7,
         schedule=(ConstantMomentum, 1.0, None),
         optimizer='SGD',
         lr=0.05),
-    'mocov2_r50_sts_200e.py':
+    MOCOV2_STS:
     dict(
         preserve_prob=0.5,
         schedule=(ConstantMomentum, 0.001, None),
         optimizer='SGD'),
-    'mocov2_r50_tma_200e.py':
+    MOCOV2_TMA:
     dict(
         preserve_prob=0.0,
         schedule=(ConstantMomentum, 0.001, None),
         optimizer='SGD'),
-    'mocov2_r50_se_200e.py':
+    MOCOV2_SE:
     dict(
         preserve_prob=0.5,
         schedule=(ConstantMomentum, 1.0, None),
@@ -84,17 +108,17 @@ EXPECTED = {
 }
 # Keys in which a controlled baseline may differ from its STS config.
 BASELINE_OF = {
-    'byol_r50_tma_200e.py': ('byol_r50_sts_200e.py', {'custom_hooks'}),
-    'byol_r50_se_200e.py': ('byol_r50_sts_200e.py', {'custom_hooks'}),
-    'byol_r50_sts-official_200e.py':
-    ('byol_r50_sts_200e.py',
+    BYOL_TMA: (BYOL_STS, {'custom_hooks'}),
+    BYOL_SE: (BYOL_STS, {'custom_hooks'}),
+    BYOL_STS_OFFICIAL:
+    (BYOL_STS,
      {'custom_hooks', 'optim_wrapper', 'param_scheduler', 'train_dataloader'}),
-    'byol_r50_tma-official_200e.py':
-    ('byol_r50_sts-official_200e.py', {'custom_hooks'}),
-    'byol_r50_se-official_200e.py':
-    ('byol_r50_sts-official_200e.py', {'custom_hooks'}),
-    'mocov2_r50_tma_200e.py': ('mocov2_r50_sts_200e.py', {'custom_hooks'}),
-    'mocov2_r50_se_200e.py': ('mocov2_r50_sts_200e.py', {'custom_hooks'}),
+    BYOL_TMA_OFFICIAL:
+    (BYOL_STS_OFFICIAL, {'custom_hooks'}),
+    BYOL_SE_OFFICIAL:
+    (BYOL_STS_OFFICIAL, {'custom_hooks'}),
+    MOCOV2_TMA: (MOCOV2_STS, {'custom_hooks'}),
+    MOCOV2_SE: (MOCOV2_STS, {'custom_hooks'}),
 }
 # Linear probes: mmpretrain's own benchmark each inherits.
 PROBE_BASE = {
@@ -163,6 +187,35 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=_ids(PRETRAIN_CONFIGS))
+def test_pretrain_config_name_follows_the_scheme(path):
+    """The name says what the config runs: algorithm, backbone, teacher
+    update, GPUs x images per GPU of its documented command, epochs."""
+    name, method = osp.basename(path), _method(path)
+    match = NAME_SCHEME.fullmatch(name)
+    assert match, f'{name} does not follow {NAME_SCHEME.pattern}'
+    cfg = Config.fromfile(path)
+    assert match['algorithm'] == method
+    assert cfg.model.type == {'byol': 'BYOL', 'mocov2': 'MoCo'}[method]
+    assert cfg.model.backbone.type == 'ResNet'
+    assert cfg.model.backbone.depth == 50
+    assert int(match['gpus']) == _documented_gpus(path)
+    assert int(match['batch']) == cfg.train_dataloader.batch_size
+    assert int(match['epochs']) == cfg.train_cfg.max_epochs
+    teacher = match['teacher']
+    (hook, ) = _sts_hooks(cfg)
+    if teacher == 'tma':
+        assert hook.preserve_prob == 0
+    else:
+        assert hook.preserve_prob > 0
+        assert (hook.get('momentum') == 1.0) == (teacher == 'se')
+    # `-official`: the official STS code's recipe (SGD instead of BYOL's
+    # LARS; the teacher keeps its own BN statistics).
+    assert bool(match['official']) == (hook.get('buffers') == 'keep')
+    if match['official']:
+        assert cfg.optim_wrapper.optimizer.type == 'SGD'
+
+
+@pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=_ids(PRETRAIN_CONFIGS))
 def test_pretrain_config_settings(path):
     name, method = osp.basename(path), _method(path)
     expected = EXPECTED[name]
@@ -213,7 +266,7 @@ def test_baselines_differ_only_in_what_they_name(name):
 
 def test_official_recipe_optimizer_and_schedule():
     cfg = Config.fromfile(
-        osp.join(REPO, 'configs', 'byol', 'byol_r50_sts-official_200e.py'))
+        osp.join(REPO, 'configs', 'byol', BYOL_STS_OFFICIAL))
     assert dict(cfg.optim_wrapper) == dict(
         type='OptimWrapper',
         optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-4))
@@ -230,7 +283,7 @@ def test_official_recipe_optimizer_and_schedule():
     assert cfg.train_cfg.max_epochs == 200
     assert cfg.train_dataloader.drop_last
     sts = Config.fromfile(
-        osp.join(REPO, 'configs', 'byol', 'byol_r50_sts_200e.py'))
+        osp.join(REPO, 'configs', 'byol', BYOL_STS))
     assert _unscoped({**cfg.train_dataloader, 'drop_last': None}) == \
         _unscoped({**sts.train_dataloader, 'drop_last': None})
     (hook, ) = _sts_hooks(cfg)
@@ -270,7 +323,7 @@ def test_pretrain_config_trains(path, imagenet_root, tmp_path):
     assert type(optimizer).__name__ == expected['optimizer']
     cfg_lr = Config.fromfile(path).optim_wrapper.optimizer.lr
     assert {g['initial_lr'] for g in optimizer.param_groups} == {cfg_lr}
-    if name.endswith('-official_200e.py'):
+    if '-official_' in name:
         # Warm-up from 1e-6, updated every iteration (10 epochs of 2
         # iterations here, reaching 0.05 at the last), on every parameter.
         lrs = runner.message_hub.get_scalar('train/lr').data[0]
@@ -387,7 +440,7 @@ def _extract_backbone_tool():
 def test_byol_pretrain_extract_teacher_then_probe(imagenet_root, tmp_path):
     """The README's chain: pretrain, extract the teacher's backbone, probe
     it with the one `--cfg-options` key."""
-    pretrain = osp.join(REPO, 'configs', 'byol', 'byol_r50_sts_200e.py')
+    pretrain = osp.join(REPO, 'configs', 'byol', BYOL_STS)
     probe = osp.join(REPO, 'configs', 'byol', 'benchmarks',
                      'resnet50_8xb512-linear-coslr-90e_in1k.py')
     hooks = copy.deepcopy(Config.fromfile(pretrain).custom_hooks)

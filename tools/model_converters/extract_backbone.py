@@ -33,7 +33,8 @@ which the benchmark configs load as they are::
 Example::
 
     python tools/model_converters/extract_backbone.py \\
-        work_dirs/byol_r50_sts_200e/epoch_200.pth byol_sts_teacher.pth
+        work_dirs/byol_resnet50_sts_8xb32-coslr-200e_in1k/epoch_200.pth \\
+        byol_sts_teacher.pth
 """
 import argparse
 import os

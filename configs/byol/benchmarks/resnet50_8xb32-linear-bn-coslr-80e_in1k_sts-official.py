@@ -1,9 +1,10 @@
 # Linear evaluation on ImageNet-1k with the protocol of the official STS code
 # (tengteng95/Spatial_Ensemble, `spatial_ensemble/exps/sts/
 # linear_eval_exp_byol.py` on top of `linear_eval_exp.py`, run by
-# `spatial_ensemble/tools/eval.py`), for the `byol_r50_*-official_200e.py`
-# pretraining configs and the number that repository reports (72.7 % top-1
-# after 200 epochs of STS; their number, not measured by mmsts).
+# `spatial_ensemble/tools/eval.py`), for the
+# `byol_resnet50_*-official_8xb32-coslr-200e_in1k.py` pretraining configs and
+# the number that repository reports (72.7 % top-1 after 200 epochs of STS;
+# their number, not measured by mmsts).
 #
 # Read from the official source (commit e94a54b) and reproduced here:
 # - the TEACHER is evaluated: eval.py loads `module.teacher_encoder.*` of the

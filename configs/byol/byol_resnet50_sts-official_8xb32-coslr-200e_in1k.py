@@ -4,7 +4,8 @@
 # repository reports for it: 72.7 % top-1 linear evaluation after 200 epochs
 # (their number, not measured by mmsts).
 #
-# Differences from `byol_r50_sts_200e.py` (mmpretrain's LARS recipe):
+# Differences from `byol_resnet50_sts_8xb32-coslr-200e_in1k.py` (mmpretrain's
+# LARS recipe):
 # - SGD, lr 0.05 for 256 images per step (8 GPUs x 32), momentum 0.9,
 #   weight decay 1e-4 on every parameter (no LARS, no BN/bias exclusions);
 # - 10 warm-up epochs, linear from lr 1e-6 (start factor 1e-6 / 0.05), then
@@ -21,8 +22,10 @@
 # The model, loss (equal to theirs up to a constant) and augmentations are
 # mmpretrain's BYOL ones.
 #
-# Train: bash tools/dist_train.sh configs/byol/byol_r50_sts-official_200e.py 8
-_base_ = './byol_r50_sts_200e.py'
+# Train:
+#   bash tools/dist_train.sh \
+#       configs/byol/byol_resnet50_sts-official_8xb32-coslr-200e_in1k.py 8
+_base_ = './byol_resnet50_sts_8xb32-coslr-200e_in1k.py'
 
 train_dataloader = dict(drop_last=True)
 

@@ -15,7 +15,9 @@
 # - `collate_fn` is redefined: inheriting `mmpretrain::` configs tags it with
 #   `_scope_`, which `default_collate` does not accept.
 #
-# Train: bash tools/dist_train.sh configs/byol/byol_r50_sts_200e.py 8
+# Train:
+#   bash tools/dist_train.sh \
+#       configs/byol/byol_resnet50_sts_8xb32-coslr-200e_in1k.py 8
 _base_ = 'mmpretrain::byol/byol_resnet50_16xb256-coslr-200e_in1k.py'
 
 custom_imports = dict(imports=['mmsts'], allow_failed_imports=False)

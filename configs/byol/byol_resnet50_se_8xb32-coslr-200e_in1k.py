@@ -1,0 +1,18 @@
+# Controlled baseline of `byol_resnet50_sts_8xb32-coslr-200e_in1k.py`: Spatial
+# Ensemble (SE) alone. Differs ONLY in the momentum: `momentum=1` with a
+# constant schedule, so the tensors that are not preserved (probability 1 -
+# 0.7) are copied from the online network instead of averaged with it. Same p =
+# 0.7, batch size and learning rate.
+#
+# Train:
+#   bash tools/dist_train.sh \
+#       configs/byol/byol_resnet50_se_8xb32-coslr-200e_in1k.py 8
+_base_ = './byol_resnet50_sts_8xb32-coslr-200e_in1k.py'
+
+custom_hooks = [
+    dict(
+        type='SpatialTemporalSmoothingHook',
+        preserve_prob=0.7,
+        momentum=1.0,
+        momentum_schedule='constant')
+]
