@@ -20,7 +20,9 @@ $(STAMP): $(REQS)
 		-e ".[all]"
 	touch $(STAMP)
 
-# FixMatch on scikit-learn's digits, 40 labels: TMA vs STS teacher (CPU).
+# FixMatch on scikit-learn's digits, 40 labels: TMA vs STS teacher, seeds
+# 0-2, each run a deterministic single-threaded process, two at a time
+# (CPU; resumes with the runs it has finished).
 demo: $(STAMP)
 	$(PY) tools/demo/fixmatch_digits.py --work-dir work_dirs/demo/fixmatch
 
@@ -28,10 +30,10 @@ demo: $(STAMP)
 demo-byol: $(STAMP)
 	$(PY) tools/demo/byol_digits.py --work-dir work_dirs/demo/byol
 
-# The FixMatch comparison over 5 seeds with TMA, SE and STS (long: ~1 h).
+# The FixMatch comparison over seeds 0-4 with TMA, SE and STS (long), with
+# the machinery of `make demo`, whose finished runs it reuses.
 demo-seeds: $(STAMP)
-	$(PY) tools/demo/fixmatch_digits_seeds.py --jobs 2 \
-		--work-dir work_dirs/fixmatch_digits_seeds
+	$(PY) tools/demo/fixmatch_digits_seeds.py --work-dir work_dirs/demo/fixmatch
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -54,3 +54,43 @@ def experiment_name(prefix: str) -> str:
     """A unique experiment name: runners of one process must not share one,
     as MMEngine keys the logger, visualizer and scope instances by it."""
     return f'{prefix}_{datetime.now():%Y%m%d_%H%M%S_%f}'
+
+
+#: Environment of a deterministic single-threaded demo run: one thread
+#: everywhere, and the same kernels on every x86-64 CPU with AVX2 (Intel
+#: since 2013, AMD since 2017). PyTorch, MKL, oneDNN, NumPy and OpenCV pick
+#: vectorised kernels by instruction set at run time, and those can round
+#: differently; these variables cap them at AVX2 (PyTorch's `avx2`
+#: kernels, oneDNN's AVX2 ones, NumPy's and OpenCV's without AVX-512) and
+#: put MKL in its conditional numerical reproducibility mode `COMPATIBLE`
+#: (the same results on Intel and AMD). Capping lower (`default` /
+#: `SSE41`) makes the demo's steps 1.7 times slower; a CPU without AVX2
+#: runs other kernels and may print other numbers. Features a CPU lacks are
+#: ignored (OpenCV logs a line).
+DETERMINISTIC_ENV = {
+    'OMP_NUM_THREADS': '1',
+    'MKL_NUM_THREADS': '1',
+    'OPENBLAS_NUM_THREADS': '1',
+    'ATEN_CPU_CAPABILITY': 'avx2',
+    'MKL_CBWR': 'COMPATIBLE',
+    'ONEDNN_MAX_CPU_ISA': 'AVX2',
+    'NPY_DISABLE_CPU_FEATURES': ' '.join([
+        'AVX512F', 'AVX512CD', 'AVX512_KNL', 'AVX512_KNM', 'AVX512_SKX',
+        'AVX512_CLX', 'AVX512_CNL', 'AVX512_ICL', 'AVX512_SPR'
+    ]),
+    'OPENCV_CPU_DISABLE': ','.join([
+        'AVX512F', 'AVX512-COMMON', 'AVX512-KNL', 'AVX512-KNM', 'AVX512-SKX',
+        'AVX512-CNL', 'AVX512-CLX', 'AVX512-ICL'
+    ]),
+    'PYTHONHASHSEED': '0',
+}
+
+
+def deterministic_process() -> None:
+    """Make this process single-threaded and deterministic in torch (run in
+    a process started with :data:`DETERMINISTIC_ENV`)."""
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    torch.use_deterministic_algorithms(True)
+
