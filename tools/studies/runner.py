@@ -328,6 +328,8 @@ class Scheduler:
             except KeyboardInterrupt:
                 return
             except Exception as e:  # reported, the others go on
+                if self._stopping:  # terminated: resumes next time
+                    return
                 results[run.name] = dict(error=str(e))
                 self.log(f'FAILED {run.name}: {e}')
                 return

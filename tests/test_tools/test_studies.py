@@ -1,0 +1,289 @@
+"""tools/studies/: the scheduler (at most `jobs` processes, skip finished
+runs, resume interrupted ones) with a fake training command, and the
+aggregation and report on synthetic results."""
+import json
+import os
+import os.path as osp
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'studies'))
+import run_study  # noqa: E402
+import runner  # noqa: E402
+from runner import Run, Scheduler, Step, Study  # noqa: E402
+
+# A fake "training": CONFIG --work-dir DIR --resume [--cfg-options k=v ...].
+# It "trains" `iters` iterations (config file: one number), checkpoints each
+# one in DIR/ckpt, writes one evaluation per iteration to a new
+# <session>/vis_data/scalars.json (as MMEngine does on every start), and
+# starts from the checkpoint when there is one. It dies after `die_at`
+# iterations if DIR/../die exists (then removes it), and records the
+# number of processes running at once in a shared folder.
+FAKE_TRAIN = textwrap.dedent('''
+    import json, os, sys, time
+    config, _, work_dir, _ = sys.argv[1:5]
+    opts = dict(a.split('=', 1) for a in sys.argv[6:])
+    iters = int(open(config).read())
+    seed = int(opts.get('randomness.seed', 0))
+    bonus = float(opts.get('bonus', 0))
+    live = os.environ['FAKE_LIVE']
+    me = os.path.join(live, str(os.getpid()))
+    open(me, 'w').close()
+    peak = os.path.join(live, 'peak')
+    n = len([f for f in os.listdir(live) if f.isdigit()])
+    with open(peak, 'a') as f:
+        f.write(f'{n}\\n')
+    os.makedirs(work_dir, exist_ok=True)
+    ckpt = os.path.join(work_dir, 'ckpt')
+    start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+    with open(os.path.join(work_dir, 'starts'), 'a') as f:
+        f.write(f'{start}\\n')
+    session = os.path.join(work_dir, f'session{len(os.listdir(work_dir))}',
+                           'vis_data')
+    os.makedirs(session)
+    die = os.path.join(os.path.dirname(work_dir), 'die')
+    for it in range(start + 1, iters + 1):
+        time.sleep(0.05)
+        with open(os.path.join(session, 'scalars.json'), 'a') as f:
+            f.write(json.dumps({'acc': 50 + seed + bonus + it,
+                                'step': it}) + '\\n')
+        open(ckpt, 'w').write(str(it))
+        if os.path.exists(die) and it == 2:
+            os.remove(die)
+            os.remove(me)
+            sys.exit(3)
+    os.remove(me)
+''')
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / 'fake_train.py'
+    script.write_text(FAKE_TRAIN)
+    config = tmp_path / 'config.txt'
+    config.write_text('4')
+    live = tmp_path / 'live'
+    live.mkdir()
+    return dict(
+        cmd=[sys.executable, str(script)],
+        config=str(config),
+        live=str(live),
+        root=str(tmp_path / 'root'))
+
+
+def make_study(fake, seeds=(0, 1, 2), groups=('A', 'B'), name='toy'):
+    runs = []
+    for seed in seeds:
+        for i, group in enumerate(groups):
+            runs.append(
+                Run(name=f'{group}_seed{seed}',
+                    table='t',
+                    group=group,
+                    seed=seed,
+                    steps=[
+                        Step('train', fake['config'], {
+                            'randomness.seed': seed,
+                            'bonus': i
+                        })
+                    ],
+                    metrics={'acc': ('train', 'acc')}))
+    return Study(name, 'Toy', runs, baselines={'t': 'A'}, last_n=2)
+
+
+def scheduler(fake, jobs=2):
+    return Scheduler(
+        fake['root'], jobs=jobs, train_cmd=fake['cmd'],
+        env=dict(runner.PINNED_ENV, FAKE_LIVE=fake['live']),
+        log=lambda msg: None)
+
+
+def peak(fake):
+    with open(osp.join(fake['live'], 'peak')) as f:
+        return max(int(x) for x in f.read().split())
+
+
+def starts(fake, run):
+    path = osp.join(fake['root'], 'runs', run, 'train', 'starts')
+    with open(path) as f:
+        return [int(x) for x in f.read().split()]
+
+
+def test_pinned_environment():
+    env = runner.PINNED_ENV
+    assert env['OMP_NUM_THREADS'] == '1' and env['MKL_NUM_THREADS'] == '1'
+    assert env['ATEN_CPU_CAPABILITY'] == 'default'
+    assert env['MKL_CBWR'] == 'COMPATIBLE'
+    assert env['ONEDNN_MAX_CPU_ISA'] == 'AVX2'
+
+
+def test_runs_all_at_most_jobs_at_a_time(fake):
+    study = make_study(fake)
+    sched = scheduler(fake, jobs=2)
+    reports = []
+    results = sched.run([study], on_result=lambda s: reports.append(s.name))
+    assert len(results) == 6 and all('error' not in r for r in results.values())
+    assert sched.max_running <= 2 and peak(fake) <= 2
+    assert reports == ['toy'] * 6  # the report is rewritten per finished run
+    result = results['B_seed1']
+    # 4 evaluations 50 + 1 + 1 + k (seed 1, bonus 1); median of the last 2.
+    assert result['metrics']['acc']['median_last'] == pytest.approx(55.5)
+    assert result['metrics']['acc']['evaluations'] == 4
+    assert set(result['timings']['train']) == {'wall_s', 'cpu_s'}
+    for name in results:
+        assert osp.isfile(osp.join(fake['root'], 'runs', name, 'result.json'))
+
+
+def test_one_job_runs_one_process(fake):
+    sched = scheduler(fake, jobs=1)
+    sched.run([make_study(fake, seeds=(0, 1))])
+    assert sched.max_running == 1 and peak(fake) == 1
+
+
+def test_finished_runs_are_skipped(fake):
+    study = make_study(fake, seeds=(0, ))
+    scheduler(fake).run([study])
+    first = {r.name: starts(fake, r.name) for r in study.runs}
+    results = scheduler(fake).run([study])
+    assert {r.name: starts(fake, r.name) for r in study.runs} == first
+    assert results['A_seed0']['metrics']['acc']['final'] == 54
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(fake):
+    study = make_study(fake, seeds=(0, ), groups=('A', ))
+    rdir = osp.join(fake['root'], 'runs', 'A_seed0')
+    os.makedirs(rdir)
+    open(osp.join(rdir, 'die'), 'w').close()
+    results = scheduler(fake).run([study])
+    assert 'error' in results['A_seed0']  # died after 2 iterations
+    assert not osp.exists(osp.join(rdir, 'result.json'))
+    results = scheduler(fake).run([study])
+    assert starts(fake, 'A_seed0') == [0, 2]  # resumed at iteration 2
+    acc = results['A_seed0']['metrics']['acc']
+    # The evaluations of both sessions are merged: 4, not 2.
+    assert acc['evaluations'] == 4 and acc['final'] == 54
+
+
+def test_command_line_of_a_step(tmp_path):
+    step = Step('probe', 'configs/x.py', {
+        'a.b': 1,
+        'ckpt': '{run_dir}/pretrain/epoch_2.pth'
+    })
+    cmd = runner.step_command(step, '/r/runs/x', ['python', 'train.py'])
+    assert cmd[:2] == ['python', 'train.py']
+    assert cmd[2] == osp.join(REPO_ROOT, 'configs/x.py')
+    assert cmd[3:6] == ['--work-dir', '/r/runs/x/probe', '--resume']
+    assert cmd[6:] == [
+        '--cfg-options', 'a.b=1', 'ckpt=/r/runs/x/pretrain/epoch_2.pth'
+    ]
+
+
+def test_shared_runs_are_run_once(fake):
+    a = make_study(fake, seeds=(0, ), name='one')
+    b = make_study(fake, seeds=(0, ), name='two')
+    results = scheduler(fake).run([a, b])
+    assert len(results) == 2
+    assert starts(fake, 'A_seed0') == [0]
+
+
+# -- aggregation on synthetic results --------------------------------------
+def synthetic(group, seed, value, table='t'):
+    summary = dict(metric='acc', median_last=value, last_n=5, last_n_used=5,
+                   final=value + 1, final_step=1000, best=value + 2,
+                   best_step=500, evaluations=10)
+    run = Run(f'{group}{seed}', table, group, seed, [], {})
+    return run, dict(metrics={'teacher': summary})
+
+
+def test_aggregate_pairs_by_seed_and_skips_incomplete_seeds():
+    values = {('TMA', 0): 70.0, ('TMA', 1): 72.0, ('TMA', 2): 71.0,
+              ('STS', 0): 71.0, ('STS', 1): 72.5}  # STS seed 2 not done
+    results = [synthetic(g, s, v) for (g, s), v in values.items()]
+    planned = [r for r, _ in results] + [Run('STS2', 't', 'STS', 2, [], {})]
+    study = Study('s', 'S', planned, baselines={'t': 'TMA'})
+    summary = runner.aggregate(study, results)
+    entry = summary['tables']['t']
+    assert entry['seeds'] == [0, 1]
+    assert entry['missing'] == {'TMA': 0, 'STS': 1}
+    sts = entry['metrics']['teacher']['STS']
+    assert sts['median_last']['mean'] == pytest.approx(71.75)
+    assert sts['diff_median_last']['values'] == pytest.approx([1.0, 0.5])
+    assert sts['diff_median_last']['mean'] == pytest.approx(0.75)
+    assert 'diff_median_last' not in entry['metrics']['teacher']['TMA']
+    text = runner.report_markdown(study, summary)
+    assert '| STS | 2 | 71.75 ± 1.06 |' in text
+    assert '0.75 ± 0.35' in text
+    assert '1 runs not finished' in text
+
+
+def test_report_files(tmp_path):
+    results = [synthetic(g, s, 70.0 + s + (g == 'STS'))
+               for s in range(3) for g in ('TMA', 'STS')]
+    study = Study('toy', 'Toy', [r for r, _ in results],
+                  baselines={'t': 'TMA'}, command='make toy')
+    root = str(tmp_path)
+    for run, result in results:
+        os.makedirs(runner.run_dir(root, run))
+        with open(osp.join(runner.run_dir(root, run), 'result.json'),
+                  'w') as f:
+            json.dump(result, f)
+    summary = runner.write_report(study, root, wall_s=120)
+    for ext in ('md', 'json', 'png'):
+        assert osp.getsize(osp.join(root, f'toy.{ext}')) > 0
+    with open(osp.join(root, 'toy.json')) as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    text = open(osp.join(root, 'toy.md')).read()
+    assert 'Command: `make toy`' in text and '2 min' in text
+    assert '| STS | 3 | 72.00 ± 1.00 |' in text
+
+
+def test_nothing_finished_says_so(tmp_path):
+    study = run_study.fixmatch_study(seeds=(0, ))
+    runner.write_report(study, str(tmp_path))
+    text = open(osp.join(str(tmp_path), 'fixmatch.md')).read()
+    assert text.count('running / not yet measured') == 4
+
+
+# -- the study definitions -------------------------------------------------
+def test_fixmatch_study_definition():
+    study = run_study.fixmatch_study()
+    assert len(study.runs) == 30
+    assert len({r.name for r in study.runs}) == 30
+    for run in study.runs:
+        opts = run.steps[0].cfg_options
+        # The seed varies the init, the data order and the labeled split.
+        assert opts['randomness.seed'] == run.seed
+        assert opts['train_dataloader.sampler.seed'] == run.seed
+        assert opts['train_dataloader.dataset.datasets.0.seed'] == run.seed
+        assert osp.isfile(osp.join(REPO_ROOT, run.steps[0].config))
+    assert set(study.baselines.values()) == {'FixMatch, TMA',
+                                             'FixMatch-MT, TMA'}
+
+
+def test_ablation_reuses_the_fixmatch_runs():
+    fixmatch = {r.name for r in run_study.fixmatch_study().runs}
+    ablation = run_study.ablation_study()
+    names = {r.name for r in ablation.runs}
+    assert len(names) == 21
+    assert len(names - fixmatch) == 15
+    groups = {r.group for r in ablation.runs}
+    assert {'p = 0 (TMA)', 'p = 0.3', 'p = 0.5', 'p = 0.7', 'p = 0.9',
+            'tensor', 'channel', 'element'} <= groups
+
+
+def test_byol_study_definition():
+    study = run_study.byol_study()
+    assert len(study.runs) == 9
+    run = study.runs[0]
+    assert [s.name for s in run.steps] == [
+        'pretrain', 'probe-teacher', 'probe-student'
+    ]
+    probe = run.steps[1].cfg_options
+    assert probe['model.backbone.init_cfg.prefix'] == 'target_net.module.0.'
+    assert probe['model.backbone.init_cfg.checkpoint'].endswith(
+        f'pretrain/epoch_{run_study.BYOL_EPOCHS}.pth')
+    for step in run.steps:
+        assert osp.isfile(osp.join(REPO_ROOT, step.config))
