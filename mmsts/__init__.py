@@ -11,5 +11,6 @@ register_checkpoint_safe_globals()
 patch_runner_collate_fn_scope()
 
 from . import datasets, engine, models  # noqa: E402,F401  (registers)
+from . import registry  # noqa: E402,F401  (the `mmsts` scope, `mmsts::`)
 
 __all__ = ['__version__']
