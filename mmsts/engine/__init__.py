@@ -1,8 +1,8 @@
-from .hooks import SpatialTemporalSmoothingHook
+from .hooks import KNNMonitorHook, SpatialTemporalSmoothingHook
 from .runner import TeacherStudentValLoop
 from .schedulers import FixMatchCosineLR, FixMatchCosineParamScheduler
 
 __all__ = [
-    'SpatialTemporalSmoothingHook', 'TeacherStudentValLoop',
+    'KNNMonitorHook', 'SpatialTemporalSmoothingHook', 'TeacherStudentValLoop',
     'FixMatchCosineLR', 'FixMatchCosineParamScheduler'
 ]
