@@ -4,6 +4,8 @@ modules registered.
 Examples::
 
     python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds.pkl
+    python tools/test.py CONFIG CHECKPOINT --tta             # flip TTA
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis    # save images
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 
 Without CUDA, ``--launcher pytorch`` (``dist_test.sh``) runs on CPU with the
@@ -12,6 +14,7 @@ Without CUDA, ``--launcher pytorch`` (``dist_test.sh``) runs on CPU with the
 import argparse
 import os
 import os.path as osp
+from copy import deepcopy
 
 import mmengine
 from mmengine.config import Config, ConfigDict, DictAction
@@ -43,6 +46,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=['metrics', 'pred'],
         default='pred',
         help='what --out holds. Defaults to the predictions')
+    parser.add_argument(
+        '--show-dir',
+        help='save images of the predictions in this directory, through '
+        'the config\'s `visualization` hook')
+    parser.add_argument(
+        '--show',
+        action='store_true',
+        help='display the predictions in a window')
+    parser.add_argument(
+        '--interval',
+        type=int,
+        default=1,
+        help='visualise every N-th sample (default: %(default)s)')
+    parser.add_argument(
+        '--wait-time',
+        type=float,
+        default=2,
+        help='seconds each window is displayed (default: %(default)s)')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation: the config\'s `tta_pipeline` and '
+        '`tta_model` if it has them, otherwise mmpretrain\'s flip TTA '
+        '(average of the scores of the image and its horizontal flip)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -107,8 +134,51 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
                 'classification config, e.g. a linear-probe benchmark, with '
                 'the backbone from tools/model_converters/'
                 'extract_backbone.py)')
+    if args.show or args.show_dir is not None:
+        set_visualization(cfg, args)
+    if args.tta:
+        set_tta(cfg)
     cfg.setdefault('default_scope', 'mmpretrain')
     return cfg
+
+
+def set_visualization(cfg: Config, args: argparse.Namespace) -> None:
+    """Turn on mmpretrain's ``VisualizationHook`` as ``--show`` and
+    ``--show-dir`` ask, as mmpretrain's ``tools/test.py`` does."""
+    if 'visualization' not in cfg.get('default_hooks', {}):
+        raise ValueError(
+            '--show and --show-dir need a `visualization` hook in the '
+            "config's `default_hooks`, e.g. default_hooks = dict("
+            "visualization=dict(type='VisualizationHook'))")
+    hook = cfg.default_hooks.visualization
+    hook.enable = True
+    hook.show = args.show
+    hook.wait_time = args.wait_time
+    hook.out_dir = args.show_dir
+    hook.interval = args.interval
+
+
+def set_tta(cfg: Config) -> None:
+    """Wrap the model and the test pipeline for test-time augmentation,
+    as mmpretrain's ``tools/test.py --tta`` does: the config's
+    ``tta_model``/``tta_pipeline``, else the average of the class scores of
+    the image and of its horizontal flip."""
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+    if 'tta_pipeline' not in cfg:
+        test_pipeline = cfg.test_dataloader.dataset.pipeline
+        cfg.tta_pipeline = deepcopy(test_pipeline)
+        cfg.tta_pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[
+                [
+                    dict(type='RandomFlip', prob=1.),
+                    dict(type='RandomFlip', prob=0.)
+                ],
+                [test_pipeline[-1]],
+            ])
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
 def run_test(cfg: Config, args) -> dict:
