@@ -71,7 +71,7 @@ clean:
 study-fixmatch: data-fashion-mnist
 	$(PY) tools/studies/run_study.py fixmatch --jobs 2
 
-# BYOL, TMA vs STS vs SE, with linear probes: 9 pretrainings, ~45 min.
+# BYOL, TMA vs STS vs SE, with linear probes: 9 pretrainings, ~60 min.
 study-byol: data-fashion-mnist
 	$(PY) tools/studies/run_study.py byol --jobs 2
 
@@ -79,5 +79,5 @@ study-byol: data-fashion-mnist
 study-ablation: data-fashion-mnist
 	$(PY) tools/studies/run_study.py ablation --jobs 2
 
-# All three, ~3 h on 2 idle cores.
+# All three, ~3 h 5 min on 2 idle cores (docs/studies.md has the sizing).
 studies: study-fixmatch study-byol study-ablation
