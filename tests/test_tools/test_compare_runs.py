@@ -34,12 +34,13 @@ def write_run(work_dir,
               steps=6,
               update_fraction=0.3,
               with_sts=True,
-              loss_offset=0.0):
+              loss_offset=0.0,
+              first_step=1):
     """A run's scalar log as LoggerHook writes it: training records (with
     ``iter``) every iteration, and a validation record at the end."""
     backend = LocalVisBackend(
         save_dir=osp.join(str(work_dir), timestamp, 'vis_data'))
-    for step in range(1, steps + 1):
+    for step in range(first_step, first_step + steps):
         scalars = dict(
             lr=0.1,
             data_time=0.01,
@@ -55,7 +56,11 @@ def write_run(work_dir,
                 'sts/target_net/nonfinite_steps': 0,
             })
         backend.add_scalars(scalars, step=step)
-    backend.add_scalars({'accuracy/top1': 50.0, 'data_time': 0.01}, step=1)
+    backend.add_scalars({
+        'accuracy/top1': 50.0 + loss_offset,
+        'data_time': 0.01
+    },
+                        step=1)
     return str(work_dir)
 
 
@@ -73,28 +78,90 @@ def test_two_runs_default_keys(tmp_path):
     sts = write_run(tmp_path / 'sts', '20240101_000100')
     out = str(tmp_path / 'plot.png')
     fig = compare_runs.compare_runs([tma, sts], labels=['TMA', 'STS'], out=out)
-    assert _titles(fig) == ['loss'] + STS_KEYS
+    assert _titles(fig) == ['loss'] + STS_KEYS + ['val/accuracy/top1']
     image = matplotlib.image.imread(out)
-    # 4 subplots side by side: a wide image.
-    assert image.shape[1] > 3 * image.shape[0]
+    # 4 subplots side by side (and one below): a wide image.
+    assert image.shape[1] > 2 * image.shape[0]
     fractions = _lines(fig, 'sts/target_net/update_fraction')
     assert set(fractions) == {'TMA', 'STS'}
     assert list(fractions['TMA'].get_ydata()) == [1.0] * 6
     assert list(fractions['STS'].get_ydata()) == [0.3] * 6
-    # x = training step; the validation record is not a training point.
+    # x = training step; the validation record is not a training point,
+    # it is drawn at the training step it followed.
     assert list(fractions['STS'].get_xdata()) == [1, 2, 3, 4, 5, 6]
+    evaluation = _lines(fig, 'val/accuracy/top1')['STS']
+    assert list(evaluation.get_xdata()) == [6]
+    assert list(evaluation.get_ydata()) == [50.0]
 
 
-def test_latest_timestamp_dir_is_read(tmp_path):
+def test_a_restarted_run_replaces_the_earlier_one(tmp_path):
     run = tmp_path / 'run'
     write_run(run, '20240101_000000', loss_offset=100.0)
     write_run(run, '20240102_000000', loss_offset=0.0)
     path = compare_runs.find_scalars_file(str(run))
     assert '20240102_000000' in path
     fig = compare_runs.compare_runs([str(run)],
-                                    keys=['loss'],
+                                    keys=['loss', 'val/accuracy/top1'],
                                     out=str(tmp_path / 'p.png'))
     assert max(_lines(fig, 'loss')['run'].get_ydata()) < 0
+    assert list(_lines(fig, 'val/accuracy/top1')['run'].get_ydata()) == [50.]
+
+
+def test_a_resumed_run_is_joined(tmp_path):
+    """``--resume`` writes a new timestamp dir that continues the steps: the
+    first part is kept up to the resumed checkpoint, the steps it logged
+    after it (and their evaluations) are replaced by the second part."""
+    run = tmp_path / 'run'
+    first = LocalVisBackend(
+        save_dir=osp.join(str(run), '20240101_000000', 'vis_data'))
+    for step in range(1, 9):  # interrupted after step 8, checkpoint at 4
+        first.add_scalars({'loss': 1.0, 'iter': step, 'epoch': 1}, step=step)
+        if step % 4 == 0:
+            first.add_scalars({'accuracy/top1': 10.0 * step}, step=step)
+    second = LocalVisBackend(
+        save_dir=osp.join(str(run), '20240102_000000', 'vis_data'))
+    for step in range(5, 13):  # resumed from the checkpoint of step 4
+        second.add_scalars({'loss': 2.0, 'iter': step, 'epoch': 1}, step=step)
+        if step % 4 == 0:
+            second.add_scalars({'accuracy/top1': 100.0 + step}, step=step)
+
+    joined = compare_runs.load_run(str(run))
+    assert len(joined['parts']) == 2
+    assert [r['step'] for r in joined['train']] == list(range(1, 13))
+    assert [r['loss'] for r in joined['train']] == [1.0] * 4 + [2.0] * 8
+    assert [(r['step'], r['accuracy/top1']) for r in joined['val']] == [
+        (4, 40.0), (8, 108.0), (12, 112.0)
+    ]
+    fig = compare_runs.compare_runs([str(run)],
+                                    out=str(tmp_path / 'p.png'))
+    assert list(_lines(fig, 'loss')['run'].get_xdata()) == list(range(1, 13))
+    summary = compare_runs.summarize_runs([str(run)], last_n=20)
+    assert summary['runs']['run']['evaluations'] == 3
+    assert summary['runs']['run']['median_last'] == 108.0
+
+
+def test_teacher_and_student_evaluations_share_a_plot(tmp_path):
+    run = tmp_path / 'fixmatch'
+    backend = LocalVisBackend(
+        save_dir=osp.join(str(run), '20240101_000000', 'vis_data'))
+    for step in (10, 20):
+        backend.add_scalars({'loss': 1.0, 'iter': step}, step=step)
+        backend.add_scalars(
+            {
+                'teacher/accuracy/top1': 60.0 + step,
+                'student/accuracy/top1': 50.0 + step,
+                'data_time': 0.1
+            },
+            step=step)
+    fig = compare_runs.compare_runs([str(run)],
+                                    labels=['STS'],
+                                    out=str(tmp_path / 'p.png'))
+    key = 'val/{teacher,student}/accuracy/top1'
+    assert _titles(fig) == ['loss', key]
+    lines = _lines(fig, key)
+    assert set(lines) == {'STS teacher', 'STS student'}
+    assert list(lines['STS teacher'].get_ydata()) == [70.0, 80.0]
+    assert list(lines['STS student'].get_xdata()) == [10, 20]
 
 
 def test_missing_keys_are_skipped_with_a_note(tmp_path, caplog):
@@ -122,7 +189,7 @@ def test_missing_keys_are_skipped_with_a_note(tmp_path, caplog):
 def test_default_keys_follow_the_teachers_in_the_logs(tmp_path):
     plain = write_run(tmp_path / 'plain', '20240101_000000', with_sts=False)
     fig = compare_runs.compare_runs([plain], out=str(tmp_path / 'p.png'))
-    assert _titles(fig) == ['loss']
+    assert _titles(fig) == ['loss', 'val/accuracy/top1']
 
 
 def test_default_keys_for_two_teachers():

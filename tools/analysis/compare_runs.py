@@ -1,14 +1,23 @@
 """Plot the training curves of several MMEngine runs side by side, and
 report their evaluations as FixMatch does.
 
-Reads the JSON scalar log that MMEngine's ``LocalVisBackend`` writes in every
-run, ``<work_dir>/<timestamp>/vis_data/scalars.json`` (one JSON object per
-line), and draws one subplot per key with one line per run. By default the
-keys are the loss and, for every teacher found in the logs, the statistics
+mmpretrain's ``tools/analysis_tools/analyze_logs.py`` plots the keys of one
+log file at a time (``sts/*`` included). This tool does what it does not: it
+reads whole work dirs, joining the parts of a resumed run (each ``--resume``
+writes a new ``<timestamp>/`` dir), draws several runs and their
+evaluations against the training step on one figure, a teacher's and a
+student's evaluation (``TeacherStudentValLoop``) on one plot, and reports
+the median of the last N evaluations with paired differences.
+
+Reads the JSON scalar logs that MMEngine's ``LocalVisBackend`` writes in
+every run, ``<work_dir>/<timestamp>/vis_data/scalars.json`` (one JSON object
+per line), and draws one subplot per key with one line per run. By default
+the keys are the loss; for every teacher found in the logs, the statistics
 written by :class:`mmsts.engine.hooks.SpatialTemporalSmoothingHook`:
 ``sts/<teacher>/momentum``, ``sts/<teacher>/update_fraction`` (fraction of
 fragments updated) and ``sts/<teacher>/distance`` (relative teacher-student
-distance).
+distance); and the evaluations, ``val/<metric>`` (``val/{teacher,student}/
+<metric>``: both in one plot), at the training step they followed.
 
 The evaluations (the validation records of the same log, e.g.
 ``accuracy/top1``) are summarised per run by the **median of the last N
@@ -48,6 +57,8 @@ from mmengine.logging import print_log
 STS_STATS = ('momentum', 'update_fraction', 'distance')
 #: Keys of a training record that are bookkeeping, not curves.
 _NOT_CURVES = ('epoch', 'iter', 'step')
+#: Keys of a validation record that are timings, not evaluations.
+_NOT_METRICS = ('data_time', 'time')
 #: FixMatch reports the median of the last 20 evaluations.
 DEFAULT_LAST_N = 20
 DEFAULT_METRIC = 'accuracy/top1'
@@ -135,6 +146,85 @@ def _read_records(path: str, prefix: str) -> List[dict]:
             for k, v in record.items()
         })
     return records
+
+
+def find_scalars_files(work_dir: str) -> List[str]:
+    """The ``scalars.json`` of every run in ``work_dir``, oldest first.
+
+    Args:
+        work_dir (str): A run's work dir, a timestamp dir in it, or the path
+            of a ``scalars.json`` file (then only that one).
+
+    Returns:
+        list[str]: The paths of the scalar logs.
+    """
+    if osp.isfile(work_dir):
+        return [work_dir]
+    for pattern in ('vis_data/scalars.json', '*/vis_data/scalars.json'):
+        found = sorted(glob.glob(osp.join(work_dir, pattern)))
+        if found:
+            return found
+    return [find_scalars_file(work_dir)]  # raises FileNotFoundError
+
+
+def load_run(work_dir: str,
+             logger: Union[str, logging.Logger] = 'current') -> dict:
+    """The training and validation records of a run, its resumed parts
+    joined.
+
+    A ``--resume`` starts a new timestamp dir whose first training step
+    continues the interrupted run; a run started again from scratch starts
+    at step 1. Each part therefore replaces what the parts before it logged
+    from its first training step on: a resumed run is joined to the part it
+    resumed, with the steps logged after the resumed checkpoint (and the
+    evaluations made after them) dropped, and a restart replaces the whole
+    history. A part without training records (stopped before its first log
+    line) changes nothing.
+
+    Args:
+        work_dir (str): A run's work dir, a timestamp dir in it, or the path
+            of a ``scalars.json`` file.
+        logger (str | logging.Logger): Where the note about skipped parts
+            goes. Defaults to ``'current'``.
+
+    Returns:
+        dict: ``train`` (as :func:`load_train_scalars`), ``val`` (as
+        :func:`load_val_scalars`, each with ``train_step``, the training
+        step it followed) and ``parts`` (the scalar logs used).
+    """
+    train: List[dict] = []
+    val: List[dict] = []
+    parts = []
+    for path in find_scalars_files(work_dir):
+        part_train, part_val = [], []
+        last_step = 0
+        for record in _read_records(path, ''):
+            if 'iter' in record and 'step' in record:
+                part_train.append(_strip(record, 'train/'))
+                last_step = record['step']
+            elif 'step' in record:
+                part_val.append(
+                    dict(_strip(record, 'val/'), train_step=last_step))
+        if not part_train:
+            if part_val:
+                print_log(
+                    f'compare_runs: {path} has evaluations but no training '
+                    'record; skipped.',
+                    logger=logger,
+                    level=logging.WARNING)
+            continue
+        start = part_train[0]['step']
+        train = [r for r in train if r['step'] < start] + part_train
+        val = [r for r in val if r['train_step'] < start] + part_val
+        parts.append(path)
+    if not parts:
+        raise ValueError(f'No training records in {work_dir!r}')
+    return dict(train=train, val=val, parts=parts)
+
+
+def _strip(record: dict, prefix: str) -> dict:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v
+            for k, v in record.items()}
 
 
 def summarize_evaluations(records: List[dict],
@@ -285,7 +375,8 @@ def summarize_runs(work_dirs: Sequence[str],
                    baseline: Optional[str] = None,
                    metric: str = DEFAULT_METRIC,
                    last_n: int = DEFAULT_LAST_N) -> dict:
-    """Report the evaluations of the latest run of each work dir.
+    """Report the evaluations of the run in each work dir (resumed parts
+    joined, see :func:`load_run`).
 
     Args:
         work_dirs (Sequence[str]): Work dirs (or timestamp dirs, or
@@ -310,12 +401,12 @@ def summarize_runs(work_dirs: Sequence[str],
         raise ValueError('`baseline` needs `groups`')
     runs = {}
     for label, work_dir in zip(labels, work_dirs):
-        path = find_scalars_file(work_dir)
         try:
             runs[label] = summarize_evaluations(
-                load_val_scalars(path), metric, last_n)
+                load_run(work_dir)['val'], metric, last_n)
         except KeyError as e:
-            raise KeyError(f'run {label!r} ({path}): {e.args[0]}') from None
+            raise KeyError(
+                f'run {label!r} ({work_dir}): {e.args[0]}') from None
     grouped = None
     if groups is not None:
         if len(groups) != len(labels):
@@ -332,16 +423,41 @@ def summarize_runs(work_dirs: Sequence[str],
 
 
 def default_keys(runs: Dict[str, List[dict]]) -> List[str]:
-    """``loss`` and the STS statistics of every teacher found in ``runs``."""
+    """``loss``, the STS statistics of every teacher found in ``runs``, and
+    the evaluations (``val/...``), a teacher's and a student's metric
+    (``TeacherStudentValLoop``) on one plot: ``val/{teacher,student}/M``."""
     teachers = set()
-    for key in _curve_keys(runs):
+    keys = _curve_keys(runs)
+    for key in keys:
         match = re.fullmatch(r'sts/(.+)/[^/]+', key)
         if match:
             teachers.add(match.group(1))
+    evaluations = []
+    for key in sorted(k for k in keys if k.startswith('val/')):
+        metric = key[len('val/'):]
+        if metric in _NOT_METRICS:
+            continue
+        if metric.startswith('teacher/'):
+            if f'val/student/{metric[len("teacher/"):]}' in keys:
+                key = f'val/{{teacher,student}}/{metric[len("teacher/"):]}'
+        elif metric.startswith('student/') and \
+                f'val/teacher/{metric[len("student/"):]}' in keys:
+            continue
+        evaluations.append(key)
     return ['loss'] + [
         f'sts/{teacher}/{stat}' for stat in STS_STATS
         for teacher in sorted(teachers)
-    ]
+    ] + evaluations
+
+
+def _expand(key: str) -> List[tuple]:
+    """``(scalar, line suffix)`` pairs of a plotted key: ``a/{x,y}/b`` is
+    drawn as two lines, ``a/x/b`` and ``a/y/b``, in one plot."""
+    match = re.search(r'\{([^{}]+)\}', key)
+    if match is None:
+        return [(key, '')]
+    return [(key[:match.start()] + alt + key[match.end():], f' {alt}')
+            for alt in match.group(1).split(',')]
 
 
 def plot_runs(runs: Dict[str, List[dict]],
@@ -386,7 +502,7 @@ def plot_runs(runs: Dict[str, List[dict]],
     for key in keys:
         present = [
             label for label, records in runs.items()
-            if any(key in r for r in records)
+            if any(k in r for r in records for k, _ in _expand(key))
         ]
         for label in runs:
             if label not in present:
@@ -408,12 +524,19 @@ def plot_runs(runs: Dict[str, List[dict]],
     for i, key in enumerate(plotted):
         ax = fig.add_subplot(rows, cols, i + 1)
         for label, records in runs.items():
-            points = [(r['step'], r[key]) for r in records if key in r]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, label=label, linewidth=1.2)
+            for scalar, suffix in _expand(key):
+                points = [(r['step'], r[scalar]) for r in records
+                          if scalar in r]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(
+                        xs,
+                        ys,
+                        label=label + suffix,
+                        linewidth=1.2,
+                        marker='.' if scalar.startswith('val/') else None)
         ax.set_title(key, fontsize=10)
-        ax.set_xlabel('step')
+        ax.set_xlabel('training step')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
@@ -439,7 +562,8 @@ def compare_runs(work_dirs: Sequence[str],
                  ncols: int = 4,
                  title: Optional[str] = None,
                  logger: Union[str, logging.Logger] = 'current'):
-    """Plot the latest run of each work dir in one figure.
+    """Plot the run in each work dir (resumed parts joined, see
+    :func:`load_run`) in one figure.
 
     Args:
         work_dirs (Sequence[str]): Work dirs (or timestamp dirs, or
@@ -459,11 +583,22 @@ def compare_runs(work_dirs: Sequence[str],
     """
     labels = _check_runs(work_dirs, labels)
     runs = {
-        label: load_train_scalars(find_scalars_file(d))
+        label: plot_records(load_run(d, logger=logger))
         for label, d in zip(labels, work_dirs)
     }
     return plot_runs(
         runs, keys=keys, out=out, ncols=ncols, title=title, logger=logger)
+
+
+def plot_records(run: dict) -> List[dict]:
+    """A run's records for :func:`plot_runs`: its training records, then
+    its evaluations as ``val/<key>`` at the training step they followed."""
+    evaluations = [
+        dict({f'val/{k}': v
+              for k, v in r.items() if k not in ('step', 'train_step')},
+             step=r['train_step']) for r in run['val']
+    ]
+    return run['train'] + evaluations
 
 
 def _check_runs(work_dirs, labels) -> List[str]:
@@ -489,8 +624,8 @@ def parse_args(argv=None):
     parser.add_argument(
         'work_dirs',
         nargs='+',
-        help='work dirs of the runs (the latest '
-        'timestamp dir of each is read)')
+        help='work dirs of the runs (the timestamp dirs of a resumed run '
+        'are joined)')
     parser.add_argument(
         '--labels',
         nargs='+',
@@ -561,7 +696,7 @@ def main(argv=None):
             f'Saved {len(fig.axes)} plot(s) to {args.out}', logger='current')
     metric = args.metric or DEFAULT_METRIC
     has_evaluations = any(
-        any(metric in r for r in load_val_scalars(find_scalars_file(d)))
+        any(metric in r for r in load_run(d)['val'])
         for d in args.work_dirs)
     if args.metric or args.groups or args.summary_out or has_evaluations:
         summary = summarize_runs(
