@@ -2,7 +2,8 @@
 
 Sub-commands:
 
-* ``step-time``: BYOL ResNet-50 (``configs/byol/byol_r50_sts_200e.py``, BN
+* ``step-time``: BYOL ResNet-50
+  (``configs/byol/byol_resnet50_sts_8xb32-coslr-200e_in1k.py``, BN
   instead of SyncBN, batch 32, one GPU) trained by MMEngine's runner on
   random in-memory images, without the STS hook (mmpretrain's CosineEMA
   teacher) and with it, alternately; reports the time per iteration of each
@@ -32,7 +33,8 @@ from typing import List, Optional
 import torch
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-BYOL_CONFIG = osp.join(REPO_ROOT, 'configs', 'byol', 'byol_r50_sts_200e.py')
+BYOL_CONFIG = osp.join(REPO_ROOT, 'configs', 'byol',
+                       'byol_resnet50_sts_8xb32-coslr-200e_in1k.py')
 SKIPPED = 'skipped: no CUDA'
 
 
@@ -331,7 +333,8 @@ def summary(args) -> str:
             f'## No host-device sync in update_parameters '
             f'({"PASS" if sync["passed"] else "FAIL"})', '',
             '| granularity | nonfinite | NaN in student | synchronised | '
-            'teacher finite | raised |', '| --- | --- | --- | --- | --- | --- |'
+            'teacher finite | raised |',
+            '| --- | --- | --- | --- | --- | --- |'
         ]
         for r in sync['cases']:
             raised = r.get('update_raised') or r.get('pop_statistics_raised')
