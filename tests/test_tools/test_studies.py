@@ -245,6 +245,7 @@ def test_nothing_finished_says_so(tmp_path):
     runner.write_report(study, str(tmp_path))
     text = open(osp.join(str(tmp_path), 'fixmatch.md')).read()
     assert text.count('running / not yet measured') == 4
+    assert osp.getsize(osp.join(str(tmp_path), 'fixmatch.png')) > 0
 
 
 # -- the study definitions -------------------------------------------------

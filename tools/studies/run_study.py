@@ -285,6 +285,9 @@ def main(argv=None) -> int:
     write_report(study, args.root, time.time() - start)
     failed = [n for n, r in results.items() if 'error' in r]
     print(open(osp.join(args.root, f'{study.name}.md')).read())
+    if scheduler.stopped:
+        print('Stopped (SIGTERM): run the same command again to resume.')
+        return 143
     if failed:
         print(f'{len(failed)} runs failed: {failed}; run the command again '
               'to retry them.')

@@ -290,8 +290,16 @@ class Scheduler:
                  f'({sum(t["cpu_s"] for t in timings.values()):.0f} CPU-s)')
         return result
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (e.g. by SIGTERM)."""
+        return self._stopping
+
     def stop(self) -> None:
         """Terminate the running processes (their runs resume later)."""
+        self.log(f'[{time.strftime("%H:%M:%S")}] stopping: the running '
+                 'steps are terminated and resume from their last '
+                 'checkpoint next time')
         with self._lock:
             self._stopping = True
             for proc in self._procs:
@@ -474,7 +482,12 @@ def plot_summary(summary: dict, out: str) -> None:
     from matplotlib.figure import Figure
     panels = [(t, m, g) for t, e in summary['tables'].items()
               for m, g in e['metrics'].items()]
-    if not panels:
+    if not panels:  # nothing finished yet: say so in the image
+        fig = Figure(figsize=(6, 2))
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 0.5, f'{summary["title"]}\nno finished runs yet',
+                 ha='center', va='center')
+        fig.savefig(out, dpi=100)
         return
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
