@@ -10,6 +10,7 @@ import json
 import math
 import os
 import os.path as osp
+import re
 import socket
 import time
 import uuid
@@ -158,6 +159,46 @@ def test_bad_options_fail_at_construction(imagenet_root, key, value):
     assert repr(value) in str(err.value)
 
 
+def evaluated_at(hook, num_epochs, iters_per_epoch):
+    """Simulate an epoch-based loop; return the (epoch, iter) pairs, 1-based,
+    at which the hook evaluates."""
+    seen = []
+    hook._evaluate_and_log = lambda runner, batch_idx: seen.append(
+        (runner.epoch + 1, runner.iter + 1))
+    runner = SimpleNamespace(
+        train_dataloader=[None] * iters_per_epoch,
+        max_epochs=num_epochs,
+        max_iters=num_epochs * iters_per_epoch)
+    for epoch in range(num_epochs):
+        for batch_idx in range(iters_per_epoch):
+            runner.epoch = epoch
+            runner.iter = epoch * iters_per_epoch + batch_idx
+            hook.after_train_iter(runner, batch_idx)
+    return seen
+
+
+@pytest.mark.parametrize('options, expected', [
+    (dict(interval=2), [(2, 6), (4, 12), (5, 15)]),
+    (dict(interval=2, evaluate_last=False), [(2, 6), (4, 12)]),
+    (dict(interval=5), [(5, 15)]),
+    (dict(interval=4, by_epoch=False), [(2, 4), (3, 8), (4, 12), (5, 15)]),
+    (dict(interval=4, by_epoch=False, evaluate_last=False), [(2, 4), (3, 8),
+                                                              (4, 12)]),
+])
+def test_when_it_evaluates(imagenet_root, options, expected):
+    hook = HOOKS.build(knn_hook_cfg(imagenet_root, **options))
+    assert evaluated_at(hook, num_epochs=5, iters_per_epoch=3) == expected
+
+
+def test_by_epoch_needs_an_epoch_based_loop(imagenet_root):
+    from mmengine.runner import IterBasedTrainLoop
+    hook = HOOKS.build(knn_hook_cfg(imagenet_root))
+    runner = SimpleNamespace(
+        train_loop=IterBasedTrainLoop.__new__(IterBasedTrainLoop))
+    with pytest.raises(ValueError, match='by_epoch=False'):
+        hook.before_train(runner)
+
+
 def selfsup_model(base, tmp_path, imagenet_root):
     cfg = small_selfsup_cfg(base, str(tmp_path), imagenet_root)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
@@ -283,67 +324,97 @@ def test_evaluate_numbers_modes_and_model_untouched(tmp_path, imagenet_root):
 # ----------------------------------------------------------------------
 # A real short BYOL run, then the same checkpoint in 1 and in 2 processes
 # ----------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def byol_run(imagenet_root, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp('knn_byol')
-    cfg = byol_knn_cfg(work_dir, imagenet_root)
+KNN_KEYS = ('knn/teacher/top1', 'knn/student/top1')
+
+
+def train_and_read_logs(cfg):
+    """Train; return the run's scalars.json records, text log, message hub
+    history of the k-NN keys and the hook."""
     runner = Runner.from_cfg(cfg)
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, KNNMonitorHook))
-    modes = [m.training for m in runner.model.modules()]
-    scalars = glob.glob(osp.join(str(work_dir), '*', 'vis_data',
+    scalars = glob.glob(osp.join(cfg.work_dir, '*', 'vis_data',
                                  'scalars.json'))
-    logs = glob.glob(osp.join(str(work_dir), '*', '*.log'))
+    logs = glob.glob(osp.join(cfg.work_dir, '*', '*.log'))
     assert len(scalars) == 1 and len(logs) == 1
     with open(scalars[0]) as f:
         records = [json.loads(line) for line in f if line.strip()]
     with open(logs[0]) as f:
         log = f.read()
     history = {
-        key: runner.message_hub.get_scalar(key).data[0].tolist()
-        for key in ('knn/teacher/top1', 'knn/student/top1')
+        key: runner.message_hub.get_scalar(f'train/{key}').data[0].tolist()
+        for key in KNN_KEYS
     }
     return dict(
-        work_dir=str(work_dir),
+        work_dir=cfg.work_dir,
         records=records,
         log=log,
-        modes=modes,
         history=history,
+        modes=[m.training for m in runner.model.modules()],
         total_time=hook.total_time,
-        max_iters=runner.max_iters)
+        lines=[
+            line for line in log.splitlines() if 'k-NN monitor (' in line
+        ])
+
+
+@pytest.fixture(scope='module')
+def byol_run(imagenet_root, tmp_path_factory):
+    """3 epochs of 2 iterations, k-NN every 2 epochs and at the end;
+    LoggerHook logs every iteration."""
+    return train_and_read_logs(
+        byol_knn_cfg(tmp_path_factory.mktemp('knn_byol'), imagenet_root))
 
 
 def test_byol_run_logs_both_keys(byol_run):
-    knn = [r for r in byol_run['records'] if 'knn/teacher/top1' in r]
-    # 8 images, batch 4: 2 iterations per epoch; every 2 epochs and at the
-    # end of the 3rd (last) epoch.
-    assert [(r['epoch'], r['iter'], r['step']) for r in knn] == [(2, 4, 4),
-                                                                  (3, 6, 6)]
-    for record in knn:
-        for key in ('knn/teacher/top1', 'knn/student/top1'):
+    records = byol_run['records']
+    # LoggerHook's records, one per iteration; the k-NN keys from the first
+    # evaluation (iter 4, end of epoch 2) on, then the last (iter 6).
+    assert [r['step'] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all('loss' in r for r in records)
+    assert not any(k in r for r in records[:3] for k in KNN_KEYS)
+    evaluations = [records[3], records[5]]
+    for key in KNN_KEYS:
+        assert records[4][key] == records[3][key]  # the latest value
+        assert byol_run['history'][key] == [r[key] for r in evaluations]
+        for record in evaluations:
             assert 0 <= record[key] <= 100
             # 7 query images: multiples of 100 / 7.
-            assert record[key] * MAX_SAMPLES / 100 == pytest.approx(
-                round(record[key] * MAX_SAMPLES / 100), abs=1e-6)
-        assert record['knn/time'] > 0
-    # The training records still come from LoggerHook, without knn keys.
-    assert sum('loss' in r for r in byol_run['records']) == 6
-    assert not any('loss' in r and 'knn/teacher/top1' in r
-                   for r in byol_run['records'])
-    # The text log and the message hub have the same numbers.
-    lines = [line for line in byol_run['log'].splitlines()
-             if 'k-NN monitor' in line]
-    assert len(lines) == 2
-    for line, record in zip(lines, knn):
-        for key in ('knn/teacher/top1', 'knn/student/top1'):
+            hits = record[key] * MAX_SAMPLES / 100
+            assert hits == pytest.approx(round(hits), abs=1e-6)
+    # The text log: one line per evaluation, with the same numbers.
+    assert len(byol_run['lines']) == 2
+    for line, record, where in zip(byol_run['lines'], evaluations,
+                                   ('epoch 2, iter 4', 'epoch 3, iter 6')):
+        assert f'after {where}:' in line
+        for key in KNN_KEYS:
             assert f'{key}: {record[key]:.2f}' in line
-    assert byol_run['history']['knn/teacher/top1'] == [
-        r['knn/teacher/top1'] for r in knn
-    ]
-    assert byol_run['total_time'] == pytest.approx(
-        sum(r['knn/time'] for r in knn))
+        assert '% of the training time so far' in line
+    assert byol_run['total_time'] > 0
     # The model is left in training mode.
     assert all(byol_run['modes'])
+
+
+def test_by_iter_writes_records_loggerhook_skips(imagenet_root, tmp_path):
+    """Every 3 iterations (by_epoch=False) while LoggerHook logs every 2nd
+    iteration of an epoch: iteration 3 (1st of epoch 2) is not LoggerHook's,
+    so the hook writes its own record there."""
+    cfg = byol_knn_cfg(tmp_path, imagenet_root)
+    cfg.custom_hooks[1].update(by_epoch=False, interval=3)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=2)
+    run = train_and_read_logs(cfg)
+    by_step = {}
+    for record in run['records']:
+        by_step.setdefault(record['step'], []).append(record)
+    assert sorted(by_step) == [2, 3, 4, 6]
+    (own, ) = by_step[3]
+    assert set(own) == {*KNN_KEYS, 'iter', 'step'}
+    (logged, ) = by_step[6]
+    assert 'loss' in logged
+    for key in KNN_KEYS:
+        assert run['history'][key] == [own[key], logged[key]]
+        assert by_step[4][0][key] == own[key]
+    assert [re.search(r'after (.*?):', line).group(1)
+            for line in run['lines']] == ['iter 3', 'iter 6']
 
 
 def evaluate_checkpoint(work_dir, data_root, checkpoint, distributed=False):
@@ -419,16 +490,11 @@ def spawn(fn, *args, timeout=300):
 def test_same_numbers_in_one_and_two_processes(byol_run, imagenet_root,
                                                tmp_path):
     checkpoint = osp.join(byol_run['work_dir'], 'epoch_3.pth')
-    logged = [
-        r for r in byol_run['records'] if 'knn/teacher/top1' in r
-    ][-1]
+    logged = byol_run['records'][-1]
     one = evaluate_checkpoint(
         str(tmp_path / 'one'), imagenet_root, checkpoint)
     # The last evaluation of the run saw the weights of the last checkpoint.
-    assert one['results'] == {
-        k: logged[k]
-        for k in ('knn/teacher/top1', 'knn/student/top1')
-    }
+    assert one['results'] == {k: logged[k] for k in KNN_KEYS}
 
     out_file = str(tmp_path / 'dist.pt')
     spawn(dist_worker, free_port(), str(tmp_path / 'dist'), imagenet_root,
