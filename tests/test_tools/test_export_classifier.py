@@ -245,3 +245,31 @@ def test_weights_that_do_not_fit_the_config_fail(fixmatch, tmp_path):
     cfg.dump(cfg_path)
     message = run_export_fails(fixmatch, tmp_path / 'x.pth', config=cfg_path)
     assert 'do not load' in message or 'do not fit' in message
+
+
+def test_runner_tests_the_exported_pair(fixmatch, tmp_path):
+    """``tools/test.py teacher.py teacher.pth``: MMEngine's runner tests the
+    exported pair, with the accuracy of the teacher itself."""
+    from mmengine.runner import Runner
+    run_export(fixmatch, tmp_path / 'teacher.pth')
+    cfg = Config.fromfile(str(tmp_path / 'teacher.py'))
+    cfg.work_dir = str(tmp_path / 'work_dir')
+    cfg.load_from = str(tmp_path / 'teacher.pth')
+    cfg.test_dataloader.dataset.indices = 40
+    cfg.log_level = 'WARNING'
+    metrics = Runner.from_cfg(cfg).test()
+
+    model = fixmatch['model'].eval()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        dataset = DATASETS.build(
+            dict(fixmatch['cfg'].test_dataloader.dataset, indices=40))
+        batch = [dataset[i] for i in range(len(dataset))]
+    data = model.data_preprocessor(
+        dict(
+            inputs=[b['inputs'] for b in batch],
+            data_samples=[b['data_samples'] for b in batch]), False)
+    with torch.no_grad():
+        preds = model.teacher.module(data['inputs']).argmax(dim=1)
+    labels = torch.cat([s.gt_label for s in data['data_samples']])
+    expected = 100 * (preds == labels).float().mean().item()
+    assert metrics['accuracy/top1'] == pytest.approx(expected)
