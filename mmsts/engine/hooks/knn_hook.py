@@ -1,7 +1,9 @@
 """Watch the teacher and the student with a weighted k-NN classifier."""
+import contextlib
 import copy
 import logging
 import math
+import random
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.dist import all_gather, get_world_size
-from mmengine.hooks import Hook
+from mmengine.hooks import Hook, LoggerHook
 from mmengine.logging import print_log
 from mmengine.model import BaseAveragedModel, is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop, Runner
@@ -118,21 +120,29 @@ class KNNMonitorHook(Hook):
 
     The backbones run in eval mode under ``torch.no_grad()``, with the
     model's data preprocessor; their modes are restored afterwards, and
-    nothing of the model changes. Under DDP every rank extracts its shard of
+    nothing of the model changes. The global random states (Python, NumPy,
+    torch) are given back as they were, so the training that follows is the
+    same with or without the hook. Under DDP every rank extracts its shard of
     each set (``DefaultSampler(shuffle=False)`` by default), the features
     are gathered with :func:`mmengine.dist.all_gather` and put back in
     data-set order by their ``sample_idx`` (padding duplicates dropped), so
     the result does not depend on the number of processes; every rank then
     computes the same k-NN.
 
-    Results (top-1 accuracy in %, like mmpretrain's ``accuracy/top1``) go to
-    the visualizer as one record per evaluation, with the training ``iter``
-    as ``step`` (``scalars.json``, TensorBoard, ...), under
-    ``knn/<label>/top1`` (``train/knn/...`` with
-    ``log_processor.log_with_hierarchy``), with ``knn/time``, the seconds the
-    evaluation took; the same line goes to the text log, and the values to
-    the message hub (``runner.message_hub.get_scalar('knn/teacher/top1')``
-    holds the history, saved in checkpoints).
+    Results, top-1 accuracy in % (like mmpretrain's ``accuracy/top1``), go
+    to the message hub as ``train/knn/<label>/top1``, e.g.
+    ``train/knn/teacher/top1`` and ``train/knn/student/top1``; the hook
+    runs at the end of the iteration it evaluates, before ``LoggerHook``, so
+    they appear as ``knn/<label>/top1`` in the log line and the
+    ``scalars.json`` record (TensorBoard, ...) of that iteration, and in
+    every later one until the next evaluation (the latest value, as for the
+    learning rate). When ``LoggerHook`` does not log that iteration (its
+    ``interval`` does not divide the epoch and ``ignore_last=True``), the
+    hook writes the record itself, so every evaluation is in
+    ``scalars.json`` at its own step. The history of the evaluations is
+    ``runner.message_hub.get_scalar('train/knn/teacher/top1')`` (saved in
+    checkpoints). Each evaluation also writes one line to the text log, with
+    its duration and the k-NN monitor's share of the training time so far.
 
     Args:
         train_dataloader (dict): Config of the labelled memory-bank data
@@ -145,8 +155,9 @@ class KNNMonitorHook(Hook):
             likewise.
         interval (int): Epochs (or iterations) between two evaluations.
             Defaults to 1.
-        by_epoch (bool): Whether ``interval`` counts epochs (evaluating after
-            the epoch) or iterations. Defaults to True.
+        by_epoch (bool): Whether ``interval`` counts epochs (evaluating at
+            the last iteration of the epoch; needs an epoch-based training
+            loop) or iterations. Defaults to True.
         evaluate_last (bool): Also evaluate at the end of training when it
             is not a multiple of ``interval``. Defaults to True.
         k (int): Neighbours per query. Defaults to 20.
@@ -237,6 +248,8 @@ class KNNMonitorHook(Hook):
     def before_train(self, runner) -> None:
         """Find the backbones and build the data loaders: a wrong name or
         data set fails before the first iteration."""
+        self._train_start = time.perf_counter()
+        self.total_time = 0.0
         if self.by_epoch and isinstance(runner.train_loop,
                                         IterBasedTrainLoop):
             raise ValueError(
@@ -246,23 +259,23 @@ class KNNMonitorHook(Hook):
         self.find_backbones(runner)
         self._build_dataloaders(runner)
 
-    def after_train_epoch(self, runner) -> None:
-        if not self.by_epoch:
-            return
-        if self.every_n_epochs(runner, self.interval) or (
-                self.evaluate_last and self.is_last_train_epoch(runner)):
-            self._evaluate_and_log(runner)
-
     def after_train_iter(self,
                          runner,
                          batch_idx: int,
                          data_batch=None,
                          outputs=None) -> None:
+        """Evaluate at the last iteration of every ``interval``-th epoch
+        (or every ``interval`` iterations) and at the end of training,
+        before ``LoggerHook`` logs that iteration."""
         if self.by_epoch:
-            return
-        if self.every_n_train_iters(runner, self.interval) or (
-                self.evaluate_last and self.is_last_train_iter(runner)):
-            self._evaluate_and_log(runner, iter_done=runner.iter + 1)
+            due = self.end_of_epoch(runner.train_dataloader, batch_idx) and (
+                (runner.epoch + 1) % self.interval == 0 or
+                (self.evaluate_last and self.is_last_train_epoch(runner)))
+        else:
+            due = self.every_n_train_iters(runner, self.interval) or (
+                self.evaluate_last and self.is_last_train_iter(runner))
+        if due:
+            self._evaluate_and_log(runner, batch_idx)
 
     # ------------------------------------------------------------------
     # Evaluation
@@ -363,7 +376,8 @@ class KNNMonitorHook(Hook):
         Returns:
             dict[str, float]: ``knn/<label>/top1`` (%) of every backbone.
         """
-        bank, query = self.extract(runner)
+        with _preserved_rng():
+            bank, query = self.extract(runner)
         bank_labels, query_labels = bank.pop('labels'), query.pop('labels')
         num_classes = int(torch.cat([bank_labels, query_labels]).max()) + 1
         if self.k > bank_labels.numel() and not self._warned_k:
@@ -441,34 +455,40 @@ class KNNMonitorHook(Hook):
             self.dataloaders[split] = Runner.build_dataloader(
                 cfg, seed=runner.seed)
 
-    def _evaluate_and_log(self, runner, iter_done: Optional[int] = None):
+    def _evaluate_and_log(self, runner, batch_idx: int) -> None:
         start = time.perf_counter()
         results = self.evaluate(runner)
         elapsed = time.perf_counter() - start
         self.total_time += elapsed
-        iter_done = runner.iter if iter_done is None else iter_done
-        record = dict(results)
-        record['knn/time'] = elapsed
-        for key, value in record.items():
-            runner.message_hub.update_scalar(key, value)
-        if runner.log_processor.log_with_hierarchy:
-            record = {f'train/{k}': v for k, v in record.items()}
-        if self.by_epoch:
-            record['epoch'] = runner.epoch + 1
-        record['iter'] = iter_done
-        runner.visualizer.add_scalars(
-            record, step=iter_done, file_path=_json_log_path(runner))
+        for key, value in results.items():
+            runner.message_hub.update_scalar(f'train/{key}', value)
+        if not _logger_hook_logs(runner, batch_idx):
+            # LoggerHook skips this iteration: write its record here.
+            prefix = 'train/' if runner.log_processor.log_with_hierarchy \
+                else ''
+            record = {f'{prefix}{k}': v for k, v in results.items()}
+            if self.by_epoch:
+                record['epoch'] = runner.epoch + 1
+            record['iter'] = runner.iter + 1
+            runner.visualizer.add_scalars(
+                record, step=runner.iter + 1,
+                file_path=_json_log_path(runner))
         sizes = {
             split: len(loader.dataset)
             for split, loader in self.dataloaders.items()
         }
-        where = (f'epoch {runner.epoch + 1}, iter {iter_done}'
-                 if self.by_epoch else f'iter {iter_done}')
+        where = f'iter {runner.iter + 1}'
+        if self.by_epoch:
+            where = f'epoch {runner.epoch + 1}, {where}'
         values = '  '.join(f'{k}: {v:.2f}' for k, v in results.items())
+        train_time = time.perf_counter() - getattr(self, '_train_start',
+                                                   start)
         runner.logger.info(
             f'k-NN monitor (k={self.k}, T={self.temperature:g}) after '
-            f'{where}: {values}  ({elapsed:.2f} s; {sizes["train"]} bank, '
-            f'{sizes["val"]} query images)')
+            f'{where}: {values}  ({elapsed:.2f} s for {sizes["train"]} bank '
+            f'and {sizes["val"]} query images; k-NN monitor '
+            f'{100 * self.total_time / max(train_time, 1e-9):.1f} % of the '
+            'training time so far)')
 
 
 # ----------------------------------------------------------------------
@@ -499,6 +519,37 @@ def _outermost_averaged_models(
                 name.startswith(f'{outer}.') for outer in found):
             found[name] = module
     return found
+
+
+def _logger_hook_logs(runner, batch_idx: int) -> bool:
+    """Whether MMEngine's ``LoggerHook`` writes a record of this training
+    iteration (its own condition in ``after_train_iter``)."""
+    for hook in runner.hooks:
+        if isinstance(hook, LoggerHook):
+            return hook.every_n_inner_iters(batch_idx, hook.interval) or (
+                hook.end_of_epoch(runner.train_dataloader, batch_idx) and
+                (not hook.ignore_last
+                 or len(runner.train_dataloader) <= hook.interval))
+    return False
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    """Give back the global random states (Python, NumPy, torch) as they
+    were: iterating a data loader draws a seed from torch's generator, and a
+    pipeline may draw too, which would change the training that follows."""
+    states = (random.getstate(), np.random.get_state(),
+              torch.get_rng_state())
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def _json_log_path(runner) -> Optional[str]:

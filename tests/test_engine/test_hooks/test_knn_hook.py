@@ -10,12 +10,14 @@ import json
 import math
 import os
 import os.path as osp
+import random
 import re
 import socket
 import time
 import uuid
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -289,8 +291,15 @@ def test_evaluate_numbers_modes_and_model_untouched(tmp_path, imagenet_root):
             module.reset_parameters()
     modes = {n: m.training for n, m in model.named_modules()}
     state = copy.deepcopy(model.state_dict())
+    rng = (random.getstate(), np.random.get_state()[1].copy(),
+           torch.get_rng_state())
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         results = hook.evaluate(SimpleNamespace(model=model, seed=0))
+    # The global random states are as they were (iterating a data loader
+    # draws from torch's), so training goes on as without the hook.
+    assert random.getstate() == rng[0]
+    assert np.array_equal(np.random.get_state()[1], rng[1])
+    assert torch.equal(torch.get_rng_state(), rng[2])
     assert sorted(results) == ['knn/student/top1', 'knn/teacher/top1']
     assert {n: m.training for n, m in model.named_modules()} == modes
     for key, value in model.state_dict().items():  # BN statistics too
