@@ -308,16 +308,25 @@ def _check_predict_on(key: str, value) -> None:
 
 def _check_branches(inputs, data_samples) -> None:
     for name, obj in (('inputs', inputs), ('data_samples', data_samples)):
-        missing = [
-            b for b in BRANCHES
-            if not isinstance(obj, dict) or obj.get(b) is None
-        ]
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f'FixMatch.loss needs `{name}` as a dict with the branches '
+                f'{BRANCHES} (from MultiBranch + MultiBranchDataPreprocessor),'
+                f' but got a {type(obj).__name__}')
+        missing = [b for b in BRANCHES if b not in obj]
+        empty = [b for b in BRANCHES if b in obj and obj[b] is None]
+        problems = []
         if missing:
-            found = sorted(obj) if isinstance(obj, dict) else type(obj)
+            problems.append(f'{missing} are missing (got {sorted(obj)})')
+        if empty:
+            problems.append(
+                f'{empty} hold no images in this batch (check that the '
+                'sampler and the data loader have the same batch_size)')
+        if problems:
             raise ValueError(
                 f'FixMatch.loss needs `{name}` with the branches {BRANCHES} '
-                f'(from MultiBranch + MultiBranchDataPreprocessor), but '
-                f'{missing} are missing; got {found}')
+                '(from MultiBranch + MultiBranchDataPreprocessor), but '
+                + ' and '.join(problems))
 
 
 def _pseudo_label_accuracy(

@@ -428,3 +428,16 @@ def test_loss_names_missing_branches():
     del inputs['unsup_strong']
     with pytest.raises(ValueError, match='unsup_strong'):
         model.loss(inputs, data_samples)
+
+
+def test_loss_tells_empty_branches_from_missing_ones():
+    """A batch without labeled images (sampler and loader batch sizes that
+    differ) is not reported as a missing branch that is there."""
+    model = build_fixmatch()
+    inputs, data_samples = make_batch()
+    inputs['sup'] = None
+    with pytest.raises(ValueError) as info:
+        model.loss(inputs, data_samples)
+    text = str(info.value)
+    assert "['sup'] hold no images" in text and 'missing' not in text
+    assert 'batch_size' in text
