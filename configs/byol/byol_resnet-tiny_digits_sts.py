@@ -5,4 +5,10 @@
 # the student with BYOL's own cosine momentum.
 _base_ = './byol_resnet-tiny_digits_tma.py'
 
-custom_hooks = [dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.7)]
+# The teacher reads its statistics at the logger's interval.
+custom_hooks = [
+    dict(
+        type='SpatialTemporalSmoothingHook',
+        preserve_prob=0.7,
+        log_interval=10)
+]

@@ -150,6 +150,12 @@ default_hooks = dict(
         max_samples=500))
 
 # TMA: every fragment is updated at every step (plain EMA, BYOL's teacher).
-custom_hooks = [dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.0)]
+# The teacher reads its statistics at the logger's interval.
+custom_hooks = [
+    dict(
+        type='SpatialTemporalSmoothingHook',
+        preserve_prob=0.0,
+        log_interval=10)
+]
 
 randomness = dict(seed=0)

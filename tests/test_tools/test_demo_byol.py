@@ -133,8 +133,9 @@ def test_runs_share_the_seed_and_log_their_update_fraction(demo):
     # is identical in both runs.
     assert tma[0]['loss'] == pytest.approx(sts[0]['loss'], rel=1e-6)
     key = 'sts/target_net/update_fraction'
-    # Step 1 is the initial copy; afterwards TMA updates every fragment
-    # and STS about 1 - 0.7 of them.
+    # The teacher reads its statistics at the logger's interval (every
+    # step here): step 1 is the initial copy, which draws no fragment;
+    # afterwards TMA updates every fragment and STS about 1 - 0.7 of them.
     assert [r[key] for r in tma[1:]] == [1.0] * (len(tma) - 1)
     fractions = [r[key] for r in sts[1:]]
     assert fractions

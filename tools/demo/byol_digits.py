@@ -61,6 +61,11 @@ def _set_run_length(cfg: Config, smoke: bool, epochs: Optional[int]) -> None:
         cfg.train_dataloader.batch_size = SMOKE_BATCH
         cfg.train_dataloader.dataset.indices = SMOKE_TRAIN_IMAGES
         cfg.default_hooks.logger.interval = 1
+        for hook in cfg.get('custom_hooks', []):  # the teacher's statistics
+            if hook.get('type') == 'SpatialTemporalSmoothingHook':
+                hook['log_interval'] = 1
+        if 'knn_monitor' in cfg.default_hooks:
+            cfg.default_hooks.knn_monitor.max_samples = SMOKE_TEST_IMAGES
     max_epochs = cfg.train_cfg.max_epochs
     # Fit the (epoch-based) schedulers to a shorter run.
     schedulers = cfg.param_scheduler
@@ -409,10 +414,12 @@ def _run_demo(args) -> dict:
     load_compare_runs().compare_runs(
         list(run_dirs.values()),
         labels=list(run_dirs),
-        keys=['loss'] + [
+        # The k-NN monitor's teacher and student accuracy share one plot.
+        keys=['loss', 'knn/{teacher,student}/top1'] + [
             f'sts/{TEACHER_NAME}/{stat}'
             for stat in ('momentum', 'update_fraction', 'distance')
         ],
+        ncols=5,
         out=plot,
         title='BYOL on the 8x8 digits: TMA vs STS teacher',
         logger=logger)
