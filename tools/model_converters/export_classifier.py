@@ -59,10 +59,10 @@ from mmengine.runner import CheckpointLoader
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from extract_backbone import (SOURCES, find_teachers,  # noqa: E402
-                              same_file, split_ema, summarize_keys)
+                              provenance, same_file, select_weights,
+                              summarize_keys)
 
 import mmsts  # noqa: E402,F401  (registers mmsts modules, checkpoint types)
-from mmsts.models import sts_records  # noqa: E402
 
 #: Data preprocessors that wrap the one of a single image batch.
 WRAPPING_PREPROCESSORS = ('MultiBranchDataPreprocessor', )
@@ -202,24 +202,9 @@ def export_classifier(cfg: Config,
             not fit the config's architecture, or the options do not fit
             together.
     """
-    if source not in SOURCES:
-        raise ValueError(f'--source must be one of {SOURCES}, but got '
-                         f'{source!r}')
-    if teacher is not None and source != 'teacher':
-        raise ValueError(f'--teacher {teacher} chooses a teacher, so it '
-                         f'needs --source teacher, but got --source {source}')
     classifier_cfg = classifier_config(cfg)
-    live, averaged, ema_steps = split_ema(checkpoint)
-    if source == 'ema':
-        if averaged is None:
-            raise ValueError(
-                '--source ema: the checkpoint has no `ema_state_dict`, so '
-                'it was not saved by a run with EMAHook; use --source '
-                'teacher or --source student')
-        state_dict, entry = averaged, 'state_dict'
-    else:
-        state_dict = live
-        entry = 'state_dict' if averaged is None else 'ema_state_dict'
+    state_dict, entry, _, ema_steps = select_weights(checkpoint, source,
+                                                     teacher)
     prefix, name = source_prefix(state_dict, source, teacher)
 
     from mmpretrain.registry import MODELS
@@ -246,26 +231,11 @@ def export_classifier(cfg: Config,
     meta = dict(
         cfg=text,
         config=text,
-        source=source,
-        source_prefix=prefix,
-        checkpoint_entry=entry,
-        mmsts_version=mmsts.__version__)
-    if name:
-        meta['teacher'] = name
-        meta['teacher_steps'] = int(state_dict[f'{name}.steps'])
-    if source == 'ema' and ema_steps is not None:
-        meta['ema_steps'] = ema_steps
-    old_meta = checkpoint.get('meta') or {}
-    for key in ('epoch', 'iter', 'seed', 'experiment_name',
-                'mmengine_version'):
-        if isinstance(old_meta.get(key), (int, str)):
-            meta[key] = old_meta[key]
-    dataset_meta = old_meta.get('dataset_meta')
+        **provenance(checkpoint, state_dict, source, prefix, entry, name,
+                     ema_steps))
+    dataset_meta = (checkpoint.get('meta') or {}).get('dataset_meta')
     if isinstance(dataset_meta, dict) and dataset_meta.get('classes'):
         meta['dataset_meta'] = dict(classes=list(dataset_meta['classes']))
-    records = sts_records(checkpoint)
-    if records:
-        meta['sts'] = records
     return dict(state_dict=weights, meta=meta), classifier_cfg
 
 

@@ -131,6 +131,77 @@ def split_ema(
     return live, state_dict, None if steps is None else int(steps)
 
 
+def select_weights(checkpoint: dict, source: str,
+                   teacher: Optional[str] = None
+                   ) -> Tuple[Dict[str, torch.Tensor], str, Optional[dict],
+                              Optional[int]]:
+    """Check ``--source``/``--teacher`` and pick the state dict to read.
+
+    Args:
+        checkpoint (dict): An MMEngine checkpoint or a bare state dict.
+        source (str): One of :data:`SOURCES`.
+        teacher (str, optional): The ``--teacher`` option.
+
+    Returns:
+        tuple: The state dict holding ``source`` (EMAHook's average for
+        ``'ema'``, else the live model); the checkpoint entry it came from;
+        the averaged model's state dict (None without ``ema_state_dict``);
+        EMAHook's update count (None likewise).
+    """
+    if source not in SOURCES:
+        raise ValueError(f'--source must be one of {SOURCES}, but got '
+                         f'{source!r}')
+    if teacher is not None and source != 'teacher':
+        raise ValueError(f'--teacher {teacher} chooses a teacher, so it '
+                         f'needs --source teacher, but got --source {source}')
+    live, averaged, ema_steps = split_ema(checkpoint)
+    if source == 'ema':
+        if averaged is None:
+            raise ValueError(
+                '--source ema: the checkpoint has no `ema_state_dict`, so '
+                'it was not saved by a run with EMAHook; use --source '
+                'teacher or --source student')
+        return averaged, 'state_dict', averaged, ema_steps
+    entry = 'state_dict' if averaged is None else 'ema_state_dict'
+    return live, entry, averaged, ema_steps
+
+
+def provenance(checkpoint: dict, state_dict: Dict[str, torch.Tensor],
+               source: str, prefix: str, entry: str, name: Optional[str],
+               ema_steps: Optional[int]) -> dict:
+    """The ``meta`` of an exported checkpoint: where its weights came from
+    (plain Python values, so it loads with ``weights_only=True``).
+
+    Args:
+        checkpoint (dict): The training checkpoint.
+        state_dict (dict): The state dict the weights were read from.
+        source (str): ``--source``.
+        prefix (str): The prefix of the weights' keys in ``state_dict``.
+        entry (str): The checkpoint entry ``state_dict`` came from.
+        name (str, optional): The teacher read, if any.
+        ema_steps (int, optional): EMAHook's update count, if any.
+    """
+    meta = dict(
+        source=source,
+        source_prefix=prefix,
+        checkpoint_entry=entry,
+        mmsts_version=mmsts.__version__)
+    if name:
+        meta['teacher'] = name
+        meta['teacher_steps'] = int(state_dict[f'{name}.steps'])
+    if source == 'ema' and ema_steps is not None:
+        meta['ema_steps'] = ema_steps
+    old_meta = checkpoint.get('meta') or {}
+    for key in ('epoch', 'iter', 'seed', 'experiment_name',
+                'mmengine_version'):
+        if isinstance(old_meta.get(key), (int, str)):
+            meta[key] = old_meta[key]
+    records = sts_records(checkpoint)
+    if records:  # the STS teachers' settings and their history
+        meta['sts'] = records
+    return meta
+
+
 def backbone_prefix(state_dict: Dict[str, torch.Tensor],
                     source: str = 'teacher',
                     teacher: Optional[str] = None) -> Tuple[str, str]:
@@ -205,56 +276,27 @@ def extract_backbone(checkpoint: dict,
         ValueError: If the checkpoint has no such backbone, or the options
             do not fit together.
     """
-    if source not in SOURCES:
-        raise ValueError(f'--source must be one of {SOURCES}, but got '
-                         f'{source!r}')
-    if teacher is not None and source != 'teacher':
-        raise ValueError(f'--teacher {teacher} chooses a teacher, so it '
-                         f'needs --source teacher, but got --source {source}')
-    live, averaged, ema_steps = split_ema(checkpoint)
+    state_dict, entry, averaged, ema_steps = select_weights(
+        checkpoint, source, teacher)
     if source == 'ema':
-        if averaged is None:
-            raise ValueError(
-                '--source ema: the checkpoint has no `ema_state_dict`, so '
-                'it was not saved by a run with EMAHook; use --source '
-                'teacher or --source student')
-        state_dict, entry = averaged, 'state_dict'
         prefix, name = backbone_prefix(averaged, 'student')
     else:
-        state_dict = live
-        entry = 'state_dict' if averaged is None else 'ema_state_dict'
         if (source == 'teacher' and averaged is not None
-                and not find_teachers(live)):
+                and not find_teachers(state_dict)):
             raise ValueError(
                 'no teacher (averaged model: `<name>.steps` with '
                 '`<name>.module.*` keys) in the model, but the checkpoint '
                 "holds EMAHook's average of the whole model "
                 f'(`ema_state_dict`, {ema_steps} updates): extract that '
                 'with --source ema; the model\'s keys are '
-                f'{summarize_keys(live)}')
-        prefix, name = backbone_prefix(live, source, teacher)
+                f'{summarize_keys(state_dict)}')
+        prefix, name = backbone_prefix(state_dict, source, teacher)
     backbone = {
         OUT_PREFIX + k[len(prefix):]: v.detach().clone()
         for k, v in state_dict.items() if k.startswith(prefix)
     }
-    meta = dict(
-        source=source,
-        source_prefix=prefix,
-        checkpoint_entry=entry,
-        mmsts_version=mmsts.__version__)
-    if name:
-        meta['teacher'] = name
-        meta['teacher_steps'] = int(live[f'{name}.steps'])
-    if source == 'ema' and ema_steps is not None:
-        meta['ema_steps'] = ema_steps
-    old_meta = checkpoint.get('meta') or {}
-    for key in ('epoch', 'iter', 'seed', 'experiment_name',
-                'mmengine_version'):
-        if isinstance(old_meta.get(key), (int, str)):
-            meta[key] = old_meta[key]
-    records = sts_records(checkpoint)
-    if records:  # the STS teachers' settings and their history
-        meta['sts'] = records
+    meta = provenance(checkpoint, state_dict, source, prefix, entry, name,
+                      ema_steps)
     return dict(state_dict=backbone, meta=meta)
 
 
