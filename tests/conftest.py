@@ -1,13 +1,16 @@
 """Shared fixtures: tiny data sets in real on-disk formats and small
 versions of mmpretrain's own configs."""
+import datetime
 import os
 import os.path as osp
 import pickle
+import socket
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from PIL import Image
@@ -37,6 +40,30 @@ def accelerator_path(monkeypatch):
     """Take the accelerator (sync-free) code paths of the update and the
     NaN/Inf guard on CPU tensors."""
     monkeypatch.setattr('mmsts.smoothing.devices.HOST_DEVICE_TYPES', ())
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a gloo rendezvous."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def init_gloo(rank: int, port: int, world_size: int) -> None:
+    """Join a CPU (gloo) process group on the loopback interface, with the
+    variables torchrun would set and one torch thread per process."""
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        'gloo',
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=120))
 
 
 def make_imagenet_folder(root: str, num_classes: int = 2,

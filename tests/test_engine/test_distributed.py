@@ -9,10 +9,7 @@ The same processes then train BYOL with SpatialTemporalSmoothingHook through
 MMEngine's runner and DDP wrapper with ``diff_rank_seed=True``.
 """
 import copy
-import datetime
 import gc
-import os
-import socket
 import time
 import uuid
 
@@ -22,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import BYOL_CFG, small_selfsup_cfg
+from conftest import BYOL_CFG, free_port, init_gloo, small_selfsup_cfg
 from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 
@@ -32,27 +29,6 @@ WORLD_SIZE = 2
 PRESERVE_PROB = 0.5
 MOMENTUM = 0.1  # weight on the student; the teacher keeps 0.9
 STEPS = 8
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def init_gloo(rank, port):
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1',
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE))
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        'gloo',
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=120))
 
 
 def gather_flat(tensors):
@@ -186,7 +162,7 @@ def train_byol_with_hook(rank, work_dir, data_root):
 
 
 def worker(rank, port, work_dir, data_root, out_file):
-    init_gloo(rank, port)
+    init_gloo(rank, port, WORLD_SIZE)
     results = dict(
         ddp=train_ddp_teachers(rank),
         runner=train_byol_with_hook(rank, work_dir, data_root))

@@ -3,16 +3,13 @@ a real short BYOL run (both keys logged, modes restored, nothing of the
 model changed), the same numbers from 2 gloo processes as from 1, and bad
 options failing at construction."""
 import copy
-import datetime
 import gc
 import glob
 import json
 import math
-import os
 import os.path as osp
 import random
 import re
-import socket
 import time
 import uuid
 from types import SimpleNamespace
@@ -23,7 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import BYOL_CFG, MOCOV2_CFG, small_selfsup_cfg
+from conftest import (BYOL_CFG, MOCOV2_CFG, free_port, init_gloo,
+                      small_selfsup_cfg)
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmpretrain.registry import HOOKS, MODELS
@@ -455,25 +453,8 @@ def evaluate_checkpoint(work_dir, data_root, checkpoint, distributed=False):
     return out
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def dist_worker(rank, port, work_dir, data_root, checkpoint, out_file):
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1',
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE))
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        'gloo',
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=120))
+    init_gloo(rank, port, WORLD_SIZE)
     out = evaluate_checkpoint(
         osp.join(work_dir, f'rank{rank}'),
         data_root,
