@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import pickle
 import socket
+import uuid
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.logging import MessageHub
 from PIL import Image
 
 import mmsts  # noqa: F401  (registers the modules)
@@ -33,6 +35,15 @@ def _unformatted_config_text(monkeypatch):
     Python, only unformatted; no test checks its layout."""
     monkeypatch.setattr('mmengine.config.config.FormatCode',
                         lambda text, **kwargs: (text, None))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_message_hub():
+    """Each test starts with its own current MessageHub: a runner of an
+    earlier test leaves its hub current, with its `max_iters`, which
+    averaged models read for their schedules and STS teachers for their
+    last update."""
+    MessageHub.get_instance(f'test-{uuid.uuid4().hex}')
 
 
 @pytest.fixture

@@ -340,14 +340,19 @@ def test_take_over_shares_tensors_and_steps(host_type):
     student = toy_net()
     if host_type == 'ema':
         host = ExponentialMovingAverage(student, momentum=0.01, interval=2)
-    else:
+    else:  # reads the length of training from the message hub
+        MessageHub.get_current_instance().update_info('max_iters', 100)
         host = CosineEMA(student, momentum=0.01, update_buffers=True)
     for _ in range(5):
         perturb(student, gen)
         host.update_parameters(student)
     keys = list(host.state_dict())
     sts = SpatialTemporalSmoothing.take_over(
-        host, preserve_prob=0.0, momentum=0.25, name='target_net')
+        host,
+        preserve_prob=0.0,
+        momentum=0.25,
+        momentum_schedule='constant',
+        name='target_net')
     assert list(sts.state_dict()) == keys
     for key, value in host.state_dict().items():
         assert sts.state_dict()[key].data_ptr() == value.data_ptr(), key

@@ -109,8 +109,12 @@ def test_train_registers_mmsts_and_resume_continues(trained):
     work_dir = trained['work_dir']
     (first_run, ) = trained['first_runs']
     first = scalars_of(first_run)
-    # The STS hook ran (the config does not import mmsts, train.py does).
-    assert 'sts/target_net/update_fraction' in first[0]
+    # The STS hook ran (the config does not import mmsts, train.py does):
+    # the teacher reports from the first update on, and its fraction of
+    # updated fragments once it has drawn some (after the initial copy).
+    assert 'sts/target_net/nonfinite_steps' in first[0]
+    assert 'sts/target_net/update_fraction' not in first[0]
+    assert 'sts/target_net/update_fraction' in first[1]
     assert [s['iter'] for s in first] == list(range(1, ITERS_PER_EPOCH + 1))
 
     # The resumed run trained epoch 2 only, continuing the iteration count.
