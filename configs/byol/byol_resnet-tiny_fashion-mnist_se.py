@@ -8,5 +8,6 @@ custom_hooks = [
         type='SpatialTemporalSmoothingHook',
         preserve_prob=0.7,
         momentum=1.0,
-        momentum_schedule='constant')
+        momentum_schedule='constant',
+        log_interval=20)
 ]

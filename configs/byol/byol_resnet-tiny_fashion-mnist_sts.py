@@ -5,4 +5,9 @@
 # BYOL's own cosine momentum.
 _base_ = './byol_resnet-tiny_fashion-mnist_tma.py'
 
-custom_hooks = [dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.7)]
+custom_hooks = [
+    dict(
+        type='SpatialTemporalSmoothingHook',
+        preserve_prob=0.7,
+        log_interval=20)
+]

@@ -152,12 +152,44 @@ param_scheduler = [
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 
+# The k-NN monitor (docs/monitoring.md) after every epoch: the teacher's and
+# the student's backbones classify 1,000 test images by their 20 nearest
+# neighbours among 1,000 training images (evenly spaced, so every class is
+# in the bank), logged as knn/teacher/top1 and knn/student/top1. It is a
+# named default hook so that the STS and SE configs, which restate
+# `custom_hooks`, keep it.
+knn_loader = dict(
+    batch_size=256,
+    num_workers=0,
+    dataset=dict(
+        type=_base_.dataset_type,
+        data_root=_base_.data_root,
+        download=False,
+        pipeline=[dict(type='PackInputs')]))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     # Every epoch, for --resume; only the latest is kept.
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1))
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1),
+    knn_monitor=dict(
+        type='KNNMonitorHook',
+        train_dataloader=dict(
+            knn_loader,
+            dataset=dict(knn_loader['dataset'], split='train')),
+        val_dataloader=dict(
+            knn_loader,
+            dataset=dict(
+                knn_loader['dataset'], split='test', test_mode=True)),
+        interval=1,
+        k=20,
+        temperature=0.07,
+        max_samples=1000))
 
 # TMA: every fragment is updated at every step (plain EMA, BYOL's teacher).
-custom_hooks = [dict(type='SpatialTemporalSmoothingHook', preserve_prob=0.0)]
+custom_hooks = [
+    dict(
+        type='SpatialTemporalSmoothingHook',
+        preserve_prob=0.0,
+        log_interval=20)
+]
 
 randomness = dict(seed=0, deterministic=True)
