@@ -74,6 +74,8 @@ def small_cfg(path, data_root, work_dir, options=None):
             _set_data_root(cfg[key], data_root)
             if cfg[key].dataset.get('indices') is not None:
                 cfg[key].dataset.indices = None
+    # The k-NN monitor's data loaders (a default hook) read the data too.
+    _set_data_root(cfg.get('default_hooks', {}), data_root)
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options or {})
     return cfg
