@@ -10,7 +10,8 @@ settings there, which MMEngine saves in every checkpoint and restores on
 resume.
 """
 import logging
-from typing import Dict, List, Optional
+import weakref
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,22 @@ BUFFER_POLICIES = ('copy', 'keep', 'smooth')
 #: Where a teacher's record lives in the message hub (and so in checkpoints,
 #: under ``checkpoint['message_hub']['runtime_info']``).
 RECORD_KEY = 'sts/{name}'
+
+
+def _module_tensors(modules: Sequence[nn.Module], kind: str) -> List[Tensor]:
+    """``model.parameters()`` (``kind='_parameters'``) or ``model.buffers()``
+    (``'_buffers'``) given ``list(model.modules())``: the same tensors in
+    the same order, each once, read afresh from the modules (so tensors
+    replaced in place, e.g. by ``load_state_dict(assign=True)``, are
+    seen)."""
+    seen = set()
+    tensors = []
+    for module in modules:
+        for tensor in getattr(module, kind).values():
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                tensors.append(tensor)
+    return tensors
 
 
 def build_smoother(name: str, settings: dict) -> SpatialTemporalSmoother:
@@ -345,7 +362,10 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         self._buffers_avg = list(self.module.buffers()) \
             if self.settings['buffers'] == 'copy' else []
         self._host_steps: Optional[int] = None
-        self._checked = False
+        # The source model last checked, and its modules (weak references:
+        # a deep copy or pickle of the teacher must not take the student).
+        self._source_ref: Optional[weakref.ref] = None
+        self._source_modules: List[weakref.ref] = []
         self._last_source: List[Tensor] = []
         self._unread = 0  # updates since the statistics were last read
 
@@ -353,18 +373,37 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         super()._load_from_state_dict(*args, **kwargs)
         self._host_steps = None  # re-read ``steps`` (and the record) next
 
-    def _source_tensors(self, model: nn.Module) -> List[Tensor]:
+    def _source_tensors(self, model: nn.Module,
+                        modules: List[nn.Module]) -> List[Tensor]:
+        """The source's tensors in the teacher's order: its state dict's
+        floating point entries with ``update_buffers``, else its
+        parameters, read from its ``modules``."""
         if self.update_buffers:
             state = model.state_dict()
             return [state[k] for k in self._keys]
-        return list(model.parameters())
+        return _module_tensors(modules, '_parameters')
 
-    def _check_source(self, model: nn.Module, source: List[Tensor]) -> None:
+    def _modules_of(self, model: nn.Module) -> List[nn.Module]:
+        """The modules of ``model``, walked once per source model (walking a
+        ResNet-50 for its parameters and buffers at every update would
+        cost a tenth of the update); a new source model is checked against
+        the teacher first."""
+        if self._source_ref is None or self._source_ref() is not model:
+            self._source_ref = weakref.ref(model)
+            self._source_modules = [weakref.ref(m) for m in model.modules()]
+            self._check_source(model)
+        return [ref() for ref in self._source_modules]
+
+    def _check_source(self, model: nn.Module) -> None:
         """Fail early, naming the tensor, if the source does not match."""
         if self.update_buffers:
-            names = [k for k in model.state_dict() if k in set(self._keys)]
+            state = model.state_dict()
+            names = [k for k in state if k in set(self._keys)]
+            source = [state[k] for k in names]
         else:
-            names = [n for n, _ in model.named_parameters()]
+            named = list(model.named_parameters())
+            names = [name for name, _ in named]
+            source = [tensor for _, tensor in named]
         if len(source) != len(self._avg):
             raise ValueError(
                 f'{type(self).__name__} `{self.name}`: the student has '
@@ -382,7 +421,6 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
                 f'{type(self).__name__} `{self.name}`: the student has '
                 f'{n_buffers} buffers but the teacher has '
                 f'{len(self._buffers_avg)}')
-        self._checked = True
 
     @property
     def momentum(self) -> float:
@@ -440,9 +478,8 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         Args:
             model (nn.Module): The source (student) model.
         """
-        source = self._source_tensors(model)
-        if not self._checked:
-            self._check_source(model, source)
+        modules = self._modules_of(model)
+        source = self._source_tensors(model, modules)
         if self._host_steps is None:
             self._host_steps = int(self.steps)  # one sync after (re)loading
             self._start(self._host_steps)
@@ -461,8 +498,9 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
             self.smoother.step(self._avg, source, steps, self._total_steps())
         if self._buffers_avg:  # buffers='copy'
             # Guarded like the parameters: NaN BN statistics stay out.
-            self.smoother.copy_(self._buffers_avg, list(model.buffers()),
-                                steps)
+            self.smoother.copy_(
+                self._buffers_avg,
+                _module_tensors(modules, '_buffers'), steps)
         self.steps.add_(1)
         self._host_steps = steps + 1
         self._last_source = source

@@ -51,7 +51,12 @@ def host_all_finite(tensors: Sequence[Tensor]) -> bool:
     Args:
         tensors (Sequence[Tensor]): Floating point CPU tensors.
     """
-    small = [t.reshape(-1) for t in tensors if t.numel() < _SMALL]
+    # Most small tensors (biases, BN) are 1-D already: a reshape call per
+    # tensor would cost more than their sum.
+    small = [
+        t if t.dim() == 1 else t.reshape(-1) for t in tensors
+        if t.numel() < _SMALL
+    ]
     sums = [t.sum() for t in tensors if t.numel() >= _SMALL]
     if small:
         sums.append(torch.cat(small).sum())

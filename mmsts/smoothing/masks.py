@@ -97,8 +97,8 @@ class FragmentMaskGenerator:
         On CPU the bits come from numpy (torch's CPU generator is several
         times slower), see
         :func:`~mmsts.smoothing.host_fine.host_block_masks`; on an
-        accelerator from torch's generator of that device. Both are seeded from the same
-        Philox stream, so the mask is a pure function of
+        accelerator from torch's generator of that device. Both are seeded
+        from the same Philox stream, so the mask is a pure function of
         ``(seed, stream, step)`` for a given device type. The update
         probability is resolved to 1 / 65536.
 

@@ -41,6 +41,15 @@ __all__ = [
 
 
 @torch.no_grad()
+def _matching(teacher: List[Tensor], student: List[Tensor]) -> List[Tensor]:
+    """``student`` on the devices and in the dtypes of ``teacher`` (the
+    fused kernels need both to match), converted only where they differ."""
+    if all(s.dtype is t.dtype and s.device == t.device
+           for s, t in zip(student, teacher)):
+        return student
+    return [s.to(t) for s, t in zip(student, teacher)]
+
+
 def relative_distance(teacher: Sequence[Tensor],
                       student: Sequence[Tensor]) -> Tensor:
     """``||teacher - student|| / ||student||`` over all tensors, as a 0-dim
@@ -170,20 +179,16 @@ class SpatialTemporalSmoother:
 
     def _groups(self, teacher, student,
                 indices) -> List[Tuple[List[Tensor], List[Tensor]]]:
-        """Split the chosen pairs by (device, dtype) for the foreach kernels."""
+        """Split the chosen pairs by (device, dtype), for the fused
+        kernels."""
         groups: Dict[tuple, Tuple[list, list]] = defaultdict(lambda: ([], []))
         for i in indices:
             t = teacher[i]
             t_list, s_list = groups[(t.device, t.dtype)]
             t_list.append(t)
             s_list.append(student[i])
-        out = []
-        for t_list, s_list in groups.values():
-            if any(s.device != t.device or s.dtype != t.dtype
-                   for s, t in zip(s_list, t_list)):
-                s_list = [s.to(t) for s, t in zip(s_list, t_list)]
-            out.append((t_list, s_list))
-        return out
+        return [(t_list, _matching(t_list, s_list))
+                for t_list, s_list in groups.values()]
 
     def _guard(self, device: torch.device) -> Guard:
         """The non-finite guard of tensors on ``device``: checks on the host,
@@ -220,14 +225,18 @@ class SpatialTemporalSmoother:
             step (int): The update count; a step counts once in
                 ``nonfinite_steps`` however many groups were skipped.
         """
-        pairs = [(d, s.to(d)) for d, s in zip(dst, src)]
-        floats = [(d, s) for d, s in pairs if d.dtype.is_floating_point]
-        others = [(d, s) for d, s in pairs if not d.dtype.is_floating_point]
-        if others:
-            torch._foreach_copy_(*map(list, zip(*others)))
-        if not floats:
+        floats: Tuple[list, list] = ([], [])
+        others: Tuple[list, list] = ([], [])
+        for d, s in zip(dst, src):
+            pair = floats if d.dtype.is_floating_point else others
+            pair[0].append(d)
+            pair[1].append(s)
+        if others[0]:  # copy_ converts dtype and device itself
+            torch._foreach_copy_(*others)
+        if not floats[0]:
             return
-        d_list, s_list = map(list, zip(*floats))
+        d_list, s_list = floats
+        s_list = _matching(d_list, s_list)
         self._guard(d_list[0].device)(
             s_list, step, lambda s, scale: lerp_(d_list, s, scale))
 

@@ -472,6 +472,47 @@ def test_avg_func_is_not_used():
 
 
 # ----------------------------------------------------------------------
+# The student's tensors (walked once per student model)
+# ----------------------------------------------------------------------
+def test_replaced_student_tensors_are_read_afresh():
+    """The modules are remembered, not the tensors: parameters and buffers
+    replaced in place (``load_state_dict(assign=True)``) are the ones
+    averaged."""
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=1.0, update_buffers=False)
+    sts.update_parameters(student)
+    replacement = toy_net(seed=1)
+    replacement.bn.running_mean.fill_(3.0)
+    student.load_state_dict(replacement.state_dict(), assign=True)
+    sts.update_parameters(student)
+    assert_same_state(sts.module, replacement, exact=True)
+
+
+def test_a_new_student_model_is_checked():
+    sts = SpatialTemporalSmoothing(toy_net())
+    sts.update_parameters(toy_net(seed=1))
+    wrong = toy_net()
+    wrong.fc2 = nn.Linear(8, 5)
+    with pytest.raises(ValueError, match=r'`fc2\.weight` \(3, 8\).*\(5, 8\)'):
+        sts.update_parameters(wrong)
+    assert int(sts.steps) == 1
+
+
+def test_copies_of_the_teacher_leave_the_student_behind():
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(student)
+    sts.update_parameters(student)
+    clone = copy.deepcopy(sts)
+    ids = {id(t) for t in student.parameters()}
+    assert not ids & {id(t) for t in clone.parameters()}
+    assert clone._source_ref() is student  # a weak reference, not a copy
+    other = toy_net(seed=2)
+    clone.update_parameters(other)  # a new student: checked, then used
+    assert int(clone.steps) == 2
+
+
+# ----------------------------------------------------------------------
 # Non-finite students and host/device synchronisation
 # ----------------------------------------------------------------------
 @pytest.fixture(params=[False, True], ids=['host', 'sync_free'])

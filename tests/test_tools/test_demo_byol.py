@@ -13,7 +13,6 @@ import mmsts  # noqa: F401  (allow-lists MMEngine checkpoints for torch.load)
 from conftest import REPO_ROOT
 
 
-
 def _load_tool(*parts):
     path = osp.join(REPO_ROOT, 'tools', *parts)
     name = osp.splitext(parts[-1])[0]

@@ -46,8 +46,8 @@ def make_debian_dir(root, num_train=10, num_test=4, image_size=28):
     for split, n in (('train', num_train), ('t10k', num_test)):
         images = rng.integers(0, 256, (n, image_size, image_size), np.uint8)
         labels = rng.integers(0, 10, n, np.uint8)
-        for kind, array in (('images-idx3', images), ('labels-idx1',
-                                                       labels)):
+        for kind, array in (('images-idx3', images),
+                            ('labels-idx1', labels)):
             name = f'{split}-{kind}-ubyte'
             raw[name] = idx_bytes(array)
             with gzip.open(root / f'{name}.gz', 'wb') as f:

@@ -125,7 +125,8 @@ def test_runs_all_at_most_jobs_at_a_time(fake):
     sched = scheduler(fake, jobs=2)
     reports = []
     results = sched.run([study], on_result=lambda s: reports.append(s.name))
-    assert len(results) == 6 and all('error' not in r for r in results.values())
+    assert len(results) == 6
+    assert all('error' not in r for r in results.values())
     assert sched.max_running <= 2 and peak(fake) <= 2
     assert reports == ['toy'] * 6  # the report is rewritten per finished run
     result = results['B_seed1']

@@ -93,4 +93,3 @@ def deterministic_process() -> None:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     torch.use_deterministic_algorithms(True)
-

@@ -21,7 +21,7 @@ import argparse
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from runner import (Run, Scheduler, Step, Study, run_dir,  # noqa: E402

@@ -447,9 +447,9 @@ def report_markdown(study: Study, summary: dict,
     for table, entry in summary['tables'].items():
         baseline = summary['baselines'].get(table, '—')
         missing = sum(entry['missing'].values())
-        status = (f'{len(entry["seeds"])} seeds complete '
-                  f'{entry["seeds"]}' + (f', {missing} runs not finished'
-                                          if missing else ''))
+        status = f'{len(entry["seeds"])} seeds complete {entry["seeds"]}'
+        if missing:
+            status += f', {missing} runs not finished'
         lines += [f'## {table} ({status})', '']
         if not entry['metrics']:
             lines += ['running / not yet measured', '']

@@ -54,6 +54,8 @@ data_preprocessor = dict(
 #               FixMatch's range [0.05, 0.95], as the mmcv op would;
 #   ColorTransform -> identity: a grey image has no saturation to change.
 # The other ten ops are FixMatch's, unchanged.
+
+
 def _on_pil(transform):
     return dict(
         type='Compose',

@@ -182,8 +182,8 @@ def evaluated_at(hook, num_epochs, iters_per_epoch):
     (dict(interval=2, evaluate_last=False), [(2, 6), (4, 12)]),
     (dict(interval=5), [(5, 15)]),
     (dict(interval=4, by_epoch=False), [(2, 4), (3, 8), (4, 12), (5, 15)]),
-    (dict(interval=4, by_epoch=False, evaluate_last=False), [(2, 4), (3, 8),
-                                                              (4, 12)]),
+    (dict(interval=4, by_epoch=False, evaluate_last=False),
+     [(2, 4), (3, 8), (4, 12)]),
 ])
 def test_when_it_evaluates(imagenet_root, options, expected):
     hook = HOOKS.build(knn_hook_cfg(imagenet_root, **options))
