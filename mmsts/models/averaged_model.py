@@ -484,9 +484,14 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
             self._host_steps = int(self.steps)  # one sync after (re)loading
             self._start(self._host_steps)
         steps = self._host_steps
+        # buffers='copy': the BN statistics are copied at every update,
+        # checked with the parameters (NaN statistics stay out too).
+        buffers = (self._buffers_avg, _module_tensors(
+            modules, '_buffers')) if self._buffers_avg else ([], [])
         if steps == 0:
             # The first update copies the source, guarded like the others.
-            self.smoother.copy_(self._avg, source, steps)
+            self.smoother.copy_(self._avg + buffers[0], source + buffers[1],
+                                steps)
             if self.update_buffers:
                 # Like MMEngine, the first update also copies the entries
                 # that are never averaged (e.g. BN `num_batches_tracked`).
@@ -495,12 +500,14 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
                     if not value.dtype.is_floating_point:
                         value.copy_(state[key])
         elif steps % self.interval == 0:
-            self.smoother.step(self._avg, source, steps, self._total_steps())
-        if self._buffers_avg:  # buffers='copy'
-            # Guarded like the parameters: NaN BN statistics stay out.
-            self.smoother.copy_(
-                self._buffers_avg,
-                _module_tensors(modules, '_buffers'), steps)
+            self.smoother.step(
+                self._avg,
+                source,
+                steps,
+                self._total_steps(),
+                copies=buffers)
+        else:
+            self.smoother.copy_(*buffers, steps)
         self.steps.add_(1)
         self._host_steps = steps + 1
         self._last_source = source

@@ -1,13 +1,12 @@
-"""The ``'channel'``/``'element'`` STS update of float CPU tensors in numpy,
-with the host-side mask blocks it draws.
+"""The ``'element'`` STS update of float CPU tensors in numpy, with the
+host-side mask blocks it draws.
 
-Torch's CPU random numbers and multi-pass kernels make the fine
-granularities several times slower than an EMA update on a CPU; this kernel
+Torch's CPU random numbers and multi-pass kernels make the element
+granularity several times slower than an EMA update on a CPU; this kernel
 draws the masks in blocks and applies them in cache-sized pieces instead.
 The blocks are also the CPU masks of
 :meth:`~mmsts.smoothing.masks.FragmentMaskGenerator.bulk_update_mask`.
 """
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Tuple
 
@@ -115,7 +114,7 @@ def _run_threads(work: Callable[[list], int], units: list,
 
 
 class HostFineUpdate(FineUpdate):
-    """The ``'channel'``/``'element'`` STS update of float CPU tensors.
+    """The ``'element'`` STS update of float CPU tensors.
 
     Torch's CPU path would need a teacher-sized random draw, a float weight
     tensor and several passes over memory. Here each thread draws whole
@@ -125,14 +124,14 @@ class HostFineUpdate(FineUpdate):
     student are read once, the teacher written once, and no teacher-sized
     buffer is allocated.
 
-    * ``'element'``: ``t += w * (s - t)`` with ``w = momentum`` where the
-      element is updated, else 0, as ``torch.lerp`` with a 0/``momentum``
-      weight: a preserved element is unchanged unless the student holds
-      NaN/Inf there, which only ``nonfinite='none'`` lets through.
-      ``momentum=1`` selects bits instead: updated elements are exact copies
-      and preserved ones are never touched.
-    * ``'channel'``: only the selected rows are touched; preserved rows are
-      never read.
+    ``t += w * (s - t)`` with ``w = momentum`` where the element is updated,
+    else 0, as ``torch.lerp`` with a 0/``momentum`` weight: a preserved
+    element is unchanged unless the student holds NaN/Inf there, which only
+    ``nonfinite='none'`` lets through. ``momentum=1`` selects bits instead:
+    updated elements are exact copies and preserved ones are never touched.
+    (``'channel'`` masks are one draw per row; a dense torch lerp applies
+    them faster than gathering rows here, see
+    :class:`~mmsts.smoothing.fine.TorchFineUpdate`.)
 
     The guard (a :class:`~mmsts.smoothing.guards.HostGuard` or none) checks
     the student before any of this; a skipped step still draws its mask, to
@@ -140,11 +139,10 @@ class HostFineUpdate(FineUpdate):
 
     Args:
         masks (FragmentMaskGenerator): Draws the masks.
-        granularity (str): ``'channel'`` or ``'element'``.
     """
 
-    def __init__(self, masks: FragmentMaskGenerator, granularity: str) -> None:
-        super().__init__(masks, granularity)
+    def __init__(self, masks: FragmentMaskGenerator) -> None:
+        super().__init__(masks, 'element')
         self._plans: Dict[tuple, list] = {}
 
     @staticmethod
@@ -179,14 +177,9 @@ class HostFineUpdate(FineUpdate):
                 momentum: float, step: int, substream: int) -> int:
         """Update ``t_list`` in place; return the number of updated
         fragments."""
-        teacher = [t.detach().numpy() for t in t_list]
-        student = [s.detach().numpy() for s in s_list]
-        if self.granularity == 'element':
-            updated = self._element(teacher, student, momentum, step,
-                                    substream)
-        else:
-            updated = self._channel(teacher, student, momentum, step,
-                                    substream)
+        teacher = [t.detach().numpy().reshape(-1) for t in t_list]
+        student = [s.detach().numpy().reshape(-1) for s in s_list]
+        updated = self._element(teacher, student, momentum, step, substream)
         # numpy wrote behind autograd's back.
         torch.autograd.graph.increment_version(t_list)
         return updated
@@ -220,8 +213,6 @@ class HostFineUpdate(FineUpdate):
         return plan
 
     def _element(self, teacher, student, momentum, step, substream) -> int:
-        teacher = [t.reshape(-1) for t in teacher]
-        student = [s.reshape(-1) for s in student]
         sizes = tuple(t.size for t in teacher)
         num = sum(sizes)
         plan = self._element_plan(sizes)
@@ -249,57 +240,6 @@ class HostFineUpdate(FineUpdate):
             return updated
 
         return _run_threads(work, list(range(-(-num // HOST_BLOCK))), num)
-
-    # ------------------------------------------------------------------
-    # 'channel'
-    # ------------------------------------------------------------------
-    def _channel(self, teacher, student, momentum, step, substream) -> int:
-        teacher = [_as_rows(t) for t in teacher]
-        student = [s.reshape(t.shape) for s, t in zip(student, teacher)]
-        starts = np.cumsum([0] + [t.shape[0] for t in teacher])
-        mask = host_update_mask(self.masks, step, int(starts[-1]), substream)
-        chosen = np.flatnonzero(mask)
-        # The chosen rows of each tensor, from one search.
-        bounds = np.searchsorted(chosen, starts).tolist()
-        units = []
-        for index, t in enumerate(teacher):
-            rows = chosen[bounds[index]:bounds[index + 1]] - starts[index]
-            per_unit = max(1, _HOST_CHUNK // max(t.shape[1], 1))
-            units.extend((index, rows[i:i + per_unit])
-                         for i in range(0, rows.size, per_unit))
-        dtype = teacher[0].dtype
-        momentum = dtype.type(momentum)
-        width = max(t.shape[1] for t in teacher)
-
-        def work(share) -> int:
-            # Gathered rows, in cache: a unit holds at most _HOST_CHUNK
-            # elements (or one row). mode='clip' gathers straight into them
-            # (the default mode buffers `out`).
-            old = np.empty(max(_HOST_CHUNK, width), dtype)
-            diff = np.empty_like(old)
-            for index, rows in share:
-                t, s = teacher[index], student[index]
-                shape = (rows.size, t.shape[1])
-                new = diff[:rows.size * t.shape[1]].reshape(shape)
-                np.take(s, rows, axis=0, out=new, mode='clip')
-                if momentum != 1:
-                    cur = old[:new.size].reshape(shape)
-                    np.take(t, rows, axis=0, out=cur, mode='clip')
-                    np.subtract(new, cur, out=new)
-                    np.multiply(new, momentum, out=new)
-                    np.add(new, cur, out=new)
-                t[rows] = new
-            return 0
-
-        _run_threads(work, units, sum(t.size for t in teacher))
-        return int(chosen.size)
-
-
-def _as_rows(array: np.ndarray) -> np.ndarray:
-    """A 2-D view with one row per channel (a 0-dim tensor is one)."""
-    if array.ndim == 0:
-        return array.reshape(1, 1)
-    return array.reshape(array.shape[0], math.prod(array.shape[1:]))
 
 
 def _lerp_runs(teacher, student, runs, mask, momentum, scratch,

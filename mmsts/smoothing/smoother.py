@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .devices import on_host
-from .fine import DeviceFineUpdate, FineUpdate, lerp_
+from .fine import FineUpdate, TorchFineUpdate, lerp_
 from .guards import (NONFINITE_POLICIES, Guard, NonFiniteCounter,
                      NonFiniteStudentError, build_guard)
 from .host_fine import HostFineUpdate
@@ -40,7 +40,36 @@ __all__ = [
 ]
 
 
-@torch.no_grad()
+#: Tensors copied from the student at a step: ``(dst, src)``.
+_Copies = Tuple[List[Tensor], List[Tensor]]
+
+
+class _CopyingGuard(Guard):
+    """A guard that also copies ``src`` into ``dst`` at the steps it lets
+    through: one check reads the student's tensors and ``src`` together,
+    and the update and the copies are applied or skipped together.
+
+    Args:
+        guard (Guard): The guard of the group.
+        dst (list[Tensor]): Written in place.
+        src (list[Tensor]): Same shapes, device and dtype.
+    """
+
+    def __init__(self, guard: Guard, dst: List[Tensor],
+                 src: List[Tensor]) -> None:
+        super().__init__(guard.policy, guard.counter)
+        self.guard, self.dst, self.src = guard, dst, src
+
+    def __call__(self, student, step, update):
+        num = len(student)
+
+        def update_and_copy(checked: List[Tensor], scale) -> None:
+            update(checked[:num], scale)
+            lerp_(self.dst, checked[num:], scale)
+
+        return self.guard(list(student) + self.src, step, update_and_copy)
+
+
 def _matching(teacher: List[Tensor], student: List[Tensor]) -> List[Tensor]:
     """``student`` on the devices and in the dtypes of ``teacher`` (the
     fused kernels need both to match), converted only where they differ."""
@@ -50,6 +79,7 @@ def _matching(teacher: List[Tensor], student: List[Tensor]) -> List[Tensor]:
     return [s.to(t) for s, t in zip(student, teacher)]
 
 
+@torch.no_grad()
 def relative_distance(teacher: Sequence[Tensor],
                       student: Sequence[Tensor]) -> Tensor:
     """``||teacher - student|| / ||student||`` over all tensors, as a 0-dim
@@ -112,8 +142,9 @@ class SpatialTemporalSmoother:
                              f'{NONFINITE_POLICIES}, but got {nonfinite!r}')
         self.nonfinite = nonfinite
         self.masks = FragmentMaskGenerator(self.preserve_prob, seed, stream)
-        self._host_fine = HostFineUpdate(self.masks, granularity)
-        self._device_fine = DeviceFineUpdate(self.masks, granularity)
+        self._host_fine = HostFineUpdate(self.masks) \
+            if granularity == 'element' else None
+        self._torch_fine = TorchFineUpdate(self.masks, granularity)
         self._nonfinite = NonFiniteCounter()
         self.last_momentum: Optional[float] = None
         self._reset_statistics()
@@ -139,7 +170,9 @@ class SpatialTemporalSmoother:
              teacher: Sequence[Tensor],
              student: Sequence[Tensor],
              step: int,
-             total_steps: Optional[int] = None) -> None:
+             total_steps: Optional[int] = None,
+             copies: Optional[Tuple[Sequence[Tensor],
+                                    Sequence[Tensor]]] = None) -> None:
         """Update ``teacher`` in place toward ``student``.
 
         Args:
@@ -151,31 +184,39 @@ class SpatialTemporalSmoother:
                 momentum schedule.
             total_steps (int, optional): Length of training in steps, for
                 schedules that need it.
+            copies (tuple[Sequence[Tensor], Sequence[Tensor]], optional):
+                ``(dst, src)``: tensors copied from the student at this
+                step as :meth:`copy_` would (e.g. BN statistics). Their
+                floating point sources are checked together with the
+                student's tensors of the same device and dtype, in one
+                read, and the update and the copies of that group are
+                applied or skipped together.
         """
         momentum = self.momentum_at(step, total_steps)
         self.last_momentum = momentum
+        pending = self._copy_groups(copies or ((), ()))
         if momentum == 0.0 or self.preserve_prob == 1.0 or not teacher:
             self._record_fraction(0.0, len(teacher))
-            return
-        if self.granularity == 'tensor':
+        elif self.granularity == 'tensor':
             flags = self.masks.update_flags(step, len(teacher))
             self._record_fraction(float(flags.sum()), len(teacher))
             chosen = np.flatnonzero(flags).tolist()
             for t_list, s_list in self._groups(teacher, student, chosen):
-                self._lerp(t_list, s_list, momentum, step)
-            return
-        for group, (t_list, s_list) in enumerate(
-                self._groups(teacher, student, range(len(teacher)))):
-            num = sum(split_sizes(t_list, self.granularity))
-            if self.preserve_prob == 0.0:
-                # Every fragment is updated, whatever the draws: plain lerp.
-                self._record_fraction(num, num)
-                self._lerp(t_list, s_list, momentum, step)
-                continue
-            update = self._fine_update(t_list, s_list)
-            updated = update(t_list, s_list, momentum, step, group,
-                             self._guard(t_list[0].device))
-            self._record_fraction(updated, num)
+                self._lerp(t_list, s_list, momentum, step, pending)
+        else:
+            for group, (t_list, s_list) in enumerate(
+                    self._groups(teacher, student, range(len(teacher)))):
+                num = sum(split_sizes(t_list, self.granularity))
+                if self.preserve_prob == 0.0:
+                    # Every fragment is updated, whatever the draws.
+                    self._record_fraction(num, num)
+                    self._lerp(t_list, s_list, momentum, step, pending)
+                    continue
+                update = self._fine_update(t_list, s_list)
+                updated = update(t_list, s_list, momentum, step, group,
+                                 self._guard(t_list, pending))
+                self._record_fraction(updated, num)
+        self._copy_pending(pending, step)
 
     def _groups(self, teacher, student,
                 indices) -> List[Tuple[List[Tensor], List[Tensor]]]:
@@ -190,26 +231,32 @@ class SpatialTemporalSmoother:
         return [(t_list, _matching(t_list, s_list))
                 for t_list, s_list in groups.values()]
 
-    def _guard(self, device: torch.device) -> Guard:
-        """The non-finite guard of tensors on ``device``: checks on the host,
-        a device flag on an accelerator."""
-        return build_guard(self.nonfinite, device, self._nonfinite)
+    def _guard(self, t_list: List[Tensor],
+               pending: Dict[tuple, _Copies]) -> Guard:
+        """The non-finite guard of the group ``t_list`` (checks on the host,
+        a device flag on an accelerator), extended with the ``pending``
+        copies of the group's device and dtype, which it takes."""
+        t = t_list[0]
+        guard = build_guard(self.nonfinite, t.device, self._nonfinite)
+        copies = pending.pop((t.device, t.dtype), None)
+        return _CopyingGuard(guard, *copies) if copies else guard
 
     def _fine_update(self, t_list: List[Tensor],
                      s_list: List[Tensor]) -> FineUpdate:
         """The ``'channel'``/``'element'`` kernel of one (device, dtype)
-        group: numpy on the host for float CPU tensors, else torch
+        group: numpy for ``'element'`` on float CPU tensors, else torch
         kernels on the tensors' device."""
-        if on_host(t_list[0].device) and HostFineUpdate.supports(
-                t_list, s_list):
+        if self._host_fine is not None and on_host(
+                t_list[0].device) and HostFineUpdate.supports(t_list, s_list):
             return self._host_fine
-        return self._device_fine
+        return self._torch_fine
 
     def _lerp(self, t_list: List[Tensor], s_list: List[Tensor],
-              momentum: float, step: int) -> None:
+              momentum: float, step: int,
+              pending: Dict[tuple, _Copies]) -> None:
         """``t += momentum * (s - t)`` on one (device, dtype) group, in one
         fused kernel, under the non-finite guard."""
-        self._guard(t_list[0].device)(
+        self._guard(t_list, pending)(
             s_list, step, lambda s, scale: lerp_(t_list, s, scale * momentum))
 
     @torch.no_grad()
@@ -225,20 +272,36 @@ class SpatialTemporalSmoother:
             step (int): The update count; a step counts once in
                 ``nonfinite_steps`` however many groups were skipped.
         """
-        floats: Tuple[list, list] = ([], [])
-        others: Tuple[list, list] = ([], [])
-        for d, s in zip(dst, src):
-            pair = floats if d.dtype.is_floating_point else others
+        self._copy_pending(self._copy_groups((dst, src)), step)
+
+    @staticmethod
+    def _copy_groups(copies: Tuple[Sequence[Tensor], Sequence[Tensor]]
+                     ) -> Dict[tuple, _Copies]:
+        """Copy the non-floating point pairs of ``copies = (dst, src)`` (no
+        check needed) and group the others by the destination's (device,
+        dtype), for the guards."""
+        groups: Dict[tuple, _Copies] = {}
+        others: _Copies = ([], [])
+        for d, s in zip(*copies):
+            if d.dtype.is_floating_point:
+                pair = groups.setdefault((d.device, d.dtype), ([], []))
+            else:
+                pair = others
             pair[0].append(d)
             pair[1].append(s)
         if others[0]:  # copy_ converts dtype and device itself
             torch._foreach_copy_(*others)
-        if not floats[0]:
-            return
-        d_list, s_list = floats
-        s_list = _matching(d_list, s_list)
-        self._guard(d_list[0].device)(
-            s_list, step, lambda s, scale: lerp_(d_list, s, scale))
+        return {
+            key: (d_list, _matching(d_list, s_list))
+            for key, (d_list, s_list) in groups.items()
+        }
+
+    def _copy_pending(self, pending: Dict[tuple, _Copies], step: int) -> None:
+        """The copies no update group took, each group under its guard."""
+        for d_list, s_list in pending.values():
+            guard = build_guard(self.nonfinite, d_list[0].device,
+                                self._nonfinite)
+            guard(s_list, step, lambda s, scale, d=d_list: lerp_(d, s, scale))
 
     # ------------------------------------------------------------------
     # Statistics

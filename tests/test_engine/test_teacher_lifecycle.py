@@ -126,11 +126,11 @@ class MaskSpy:
         step = SpatialTemporalSmoother.step
         spy = self
 
-        def recorded(self, teacher, student, step_, total_steps=None):
+        def recorded(self, teacher, student, step_, *args, **kwargs):
             spy.calls.append((self.seed, self.masks.stream, step_,
                               tuple(self.masks.update_flags(
                                   step_, len(teacher)).tolist())))
-            return step(self, teacher, student, step_, total_steps)
+            return step(self, teacher, student, step_, *args, **kwargs)
 
         monkeypatch.setattr(SpatialTemporalSmoother, 'step', recorded)
 

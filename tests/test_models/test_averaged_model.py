@@ -606,6 +606,29 @@ def test_nonfinite_buffers_stay_out_of_the_teacher(monkeypatch, sync_free):
     assert teacher.pop_statistics()['nonfinite_steps'] == 1
 
 
+def test_nonfinite_buffers_alone_skip_the_whole_step():
+    """With ``buffers='copy'`` the BN statistics are checked with the
+    parameters, in one read: NaN statistics alone skip the step, parameters
+    included, and the next finite step goes through."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    teacher = SpatialTemporalSmoothing(student, preserve_prob=0.0,
+                                       momentum=0.5)
+    teacher.update_parameters(student)
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.fill_(float('nan'))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher.update_parameters(student)
+    after = teacher.state_dict()
+    assert torch.equal(after['module.0.weight'], before['module.0.weight'])
+    assert teacher.pop_statistics()['nonfinite_steps'] == 1
+    student[1].running_mean.fill_(0.5)
+    teacher.update_parameters(student)
+    assert not torch.equal(teacher.module[0].weight, before['module.0.weight'])
+    assert torch.equal(teacher.module[1].running_mean, torch.full((4, ), 0.5))
+
+
 # ----------------------------------------------------------------------
 # Buffer policy: copy (mmpretrain), keep (official STS code), smooth
 # ----------------------------------------------------------------------

@@ -19,8 +19,9 @@ from mmpretrain.models.utils import CosineEMA
 from mmsts.smoothing import (ConstantMomentum, CosineMomentum,
                              FragmentMaskGenerator, NonFiniteStudentError,
                              SpatialTemporalSmoother, build_momentum_schedule,
-                             check_unit_interval, devices, stream_id)
-from mmsts.smoothing.fine import DeviceFineUpdate
+                             check_unit_interval, devices,
+                             relative_distance, stream_id)
+from mmsts.smoothing.fine import TorchFineUpdate
 from mmsts.smoothing.guards import (DeviceGuard, Guard, HostGuard,
                                     NonFiniteCounter, build_guard)
 from mmsts.smoothing.host_fine import HostFineUpdate
@@ -601,22 +602,24 @@ def test_sync_probe_catches_the_host_path(monkeypatch):
 # ----------------------------------------------------------------------
 # Guards and fine kernels, chosen by device type
 # ----------------------------------------------------------------------
-@pytest.mark.parametrize('host_types,guard_type,fine_type',
-                         [(('cpu', ), HostGuard, HostFineUpdate),
-                          ((), DeviceGuard, DeviceFineUpdate)])
-@pytest.mark.parametrize('granularity', ('channel', 'element'))
+@pytest.mark.parametrize('host_types,guard_type,fine_type,granularity',
+                         [(('cpu', ), HostGuard, HostFineUpdate, 'element'),
+                          (('cpu', ), HostGuard, TorchFineUpdate, 'channel'),
+                          ((), DeviceGuard, TorchFineUpdate, 'element'),
+                          ((), DeviceGuard, TorchFineUpdate, 'channel')])
 def test_one_switch_selects_guard_and_fine_kernel(host_types, guard_type,
                                                   fine_type, granularity,
                                                   monkeypatch):
     """HOST_DEVICE_TYPES alone picks the guard and the fine kernel of a
-    group, once per group."""
+    group, once per group; 'channel' takes the torch kernel everywhere
+    (one dense pass beats gathering rows on the host too)."""
     monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', host_types)
     counter = NonFiniteCounter()
     assert type(build_guard('skip', torch.device('cpu'),
                             counter)) is guard_type
     assert type(build_guard('none', torch.device('cpu'), counter)) is Guard
     calls = []
-    for cls in (HostFineUpdate, DeviceFineUpdate):
+    for cls in (HostFineUpdate, TorchFineUpdate):
         original = cls.__call__
 
         def spy(self, *args, cls=cls, original=original):
@@ -751,3 +754,61 @@ def test_large_update_independent_of_thread_count(granularity):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_relative_distance_builds_no_graph():
+    """The distance statistic reads parameters that require grad; it must
+    not record a graph (nor warn when read with ``float``)."""
+    student = [torch.ones(3, requires_grad=True), torch.zeros(2)]
+    teacher = [torch.zeros(3), torch.zeros(2)]
+    distance = relative_distance(teacher, student)
+    assert not distance.requires_grad
+    assert float(distance) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------
+# Copies checked with the update (e.g. BN statistics)
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize('host_types', [('cpu', ), ()],
+                         ids=['host', 'sync_free'])
+@pytest.mark.parametrize('granularity', GRANULARITIES)
+def test_copies_are_applied_or_skipped_with_the_update(
+        host_types, granularity, monkeypatch):
+    """The copies of a step ride on the update's guard: both happen when
+    everything is finite, neither when the copies' sources are not (and
+    the step counts once); an int copy and a copy of another dtype (no
+    update group of its own) are done all the same."""
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', host_types)
+    teacher = make_tensors(SHAPES, 0)
+    student = far_student(teacher, 1)
+    dst = [torch.zeros(3), torch.zeros(2, dtype=torch.float64),
+           torch.zeros((), dtype=torch.long)]
+    src = [torch.ones(3), torch.ones(2, dtype=torch.float64),
+           torch.tensor(7)]
+    smoother = SpatialTemporalSmoother(
+        preserve_prob=0.0, momentum=0.5, granularity=granularity)
+    before = [t.clone() for t in teacher]
+    smoother.step(teacher, student, 1, copies=(dst, src))
+    assert all(not torch.equal(t, b) for t, b in zip(teacher, before))
+    assert [d.tolist() for d in dst] == [[1.0] * 3, [1.0] * 2, 7]
+    # A NaN among the copies' sources skips the update of that group.
+    moved = [t.clone() for t in teacher]
+    src[0][1] = float('nan')
+    dst[0].zero_()
+    smoother.step(teacher, far_student(teacher, 2), 2, copies=(dst, src))
+    assert all(torch.equal(t, m) for t, m in zip(teacher, moved))
+    assert dst[0].tolist() == [0.0] * 3
+    assert smoother.pop_statistics()['nonfinite_steps'] == 1
+
+
+def test_copies_without_an_update_are_still_guarded():
+    """Where no tensor is updated at a step (momentum 0 here), the copies
+    are done under their own guard."""
+    smoother = SpatialTemporalSmoother(momentum=0.0)
+    dst, src = [torch.zeros(2)], [torch.tensor([1.0, float('inf')])]
+    smoother.step([torch.zeros(3)], [torch.ones(3)], 1, copies=(dst, src))
+    assert dst[0].tolist() == [0.0, 0.0]
+    src[0][1] = 2.0
+    smoother.step([torch.zeros(3)], [torch.ones(3)], 2, copies=(dst, src))
+    assert dst[0].tolist() == [1.0, 2.0]
+    assert smoother.pop_statistics()['nonfinite_steps'] == 1
