@@ -6,7 +6,7 @@ teacher (Spatial Ensemble alone) besides TMA and STS. With the demo's work
 dir it reuses the runs ``make demo`` has finished. Any option of
 ``fixmatch_digits.py`` overrides these defaults.
 
-Example (``make demo-seeds``; 15 runs of ~1,000 steps, two at a time):
+Example (``make demo-seeds``; 15 runs of 500 steps, two at a time):
     python tools/demo/fixmatch_digits_seeds.py \\
         --work-dir work_dirs/demo/fixmatch
 """
