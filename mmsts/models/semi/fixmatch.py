@@ -1,20 +1,18 @@
 """FixMatch with a Spatial-Temporal Smoothing teacher."""
-import copy
 from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseAveragedModel, BaseDataPreprocessor
-from mmpretrain.models.classifiers import BaseClassifier, ImageClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import Tensor
 
+from ..teacher_student import (TEACHER_MODES, TeacherStudentClassifier,
+                               check_choice, is_number)
+
 BRANCHES = ('sup', 'unsup_weak', 'unsup_strong')
 PSEUDO_LABEL_SOURCES = ('teacher', 'student')
-PREDICT_ON = ('teacher', 'student')
-TEACHER_MODES = ('train', 'eval')
 _TRAIN_DEFAULTS = dict(
     threshold=0.95,
     lambda_u=1.0,
@@ -23,7 +21,7 @@ _TRAIN_DEFAULTS = dict(
 
 
 @MODELS.register_module()
-class FixMatch(BaseClassifier):
+class FixMatch(TeacherStudentClassifier):
     """FixMatch (Sohn et al., NeurIPS 2020) with a smoothed teacher.
 
     A student image classifier (``backbone``, ``neck``, ``head``, as
@@ -110,33 +108,22 @@ class FixMatch(BaseClassifier):
                  semi_test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        train_cfg = _check_train_cfg(semi_train_cfg)
-        test_cfg = dict(predict_on='teacher')
-        test_cfg.update(semi_test_cfg or {})
-        _check_predict_on('semi_test_cfg.predict_on', test_cfg['predict_on'])
-        if isinstance(data_preprocessor, dict):
-            data_preprocessor = MODELS.build(data_preprocessor)
-        super().__init__(
-            init_cfg=init_cfg, data_preprocessor=data_preprocessor)
-        self.semi_train_cfg = train_cfg
-        self.semi_test_cfg = test_cfg
-        # The student receives preprocessed batches from this model.
-        self.student = ImageClassifier(
-            backbone=backbone,
-            neck=neck,
-            head=head,
-            data_preprocessor=BaseDataPreprocessor())
+        self.semi_train_cfg = _check_train_cfg(semi_train_cfg)
         teacher_cfg = dict(
             type='SpatialTemporalSmoothing', preserve_prob=0.5, momentum=0.001)
-        teacher_cfg.update(copy.deepcopy(dict(teacher or {})))
-        if 'model' in teacher_cfg:
-            raise ValueError('`teacher` must not set `model`: the teacher is '
-                             'built around the student')
-        self.teacher = MODELS.build(dict(teacher_cfg, model=self.student))
-        if not isinstance(self.teacher, BaseAveragedModel):
-            raise TypeError(
-                '`teacher.type` must build a BaseAveragedModel, but got '
-                f'{type(self.teacher).__name__} from {teacher_cfg["type"]!r}')
+        teacher_cfg.update(teacher or {})
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            neck=neck,
+            teacher=teacher_cfg,
+            semi_test_cfg=semi_test_cfg,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        if not self.online:
+            raise TypeError('FixMatch needs an averaged teacher (e.g. '
+                            "'SpatialTemporalSmoothing'), but got "
+                            f'{type(self.teacher).__name__}')
 
     @property
     def threshold(self) -> float:
@@ -147,58 +134,6 @@ class FixMatch(BaseClassifier):
     def lambda_u(self) -> float:
         """The weight of the unlabeled loss."""
         return self.semi_train_cfg['lambda_u']
-
-    def init_weights(self) -> None:
-        """Initialize the student, and start the teacher as its copy."""
-        super().init_weights()
-        if int(self.teacher.steps) == 0:  # never updated (e.g. not resumed)
-            self.teacher.module.load_state_dict(self.student.state_dict())
-
-    # ------------------------------------------------------------------
-    # Inference
-    # ------------------------------------------------------------------
-    def _classifier(self, model: Optional[str] = None) -> ImageClassifier:
-        name = self.semi_test_cfg['predict_on'] if model is None else model
-        _check_predict_on('model', name)
-        return self.teacher.module if name == 'teacher' else self.student
-
-    def forward(self,
-                inputs: Union[Tensor, Dict[str, Tensor]],
-                data_samples: Optional[Union[List[DataSample],
-                                             Dict[str, list]]] = None,
-                mode: str = 'tensor'):
-        """``'tensor'`` (logits), ``'loss'`` or ``'predict'``, as
-        :class:`~mmpretrain.models.ImageClassifier`; ``'tensor'`` and
-        ``'predict'`` use the model named by ``semi_test_cfg.predict_on``."""
-        if mode == 'tensor':
-            return self._classifier()(inputs, mode='tensor')
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        raise RuntimeError(f'Invalid mode "{mode}".')
-
-    def extract_feat(self, inputs: Tensor, stage: str = 'neck'):
-        """Features of the model named by ``semi_test_cfg.predict_on``, see
-        :meth:`mmpretrain.models.ImageClassifier.extract_feat`."""
-        return self._classifier().extract_feat(inputs, stage=stage)
-
-    def predict(self,
-                inputs: Tensor,
-                data_samples: Optional[List[DataSample]] = None,
-                model: Optional[str] = None,
-                **kwargs) -> List[DataSample]:
-        """Predict with the teacher or the student.
-
-        Args:
-            inputs (Tensor): Images, ``(N, C, H, W)``.
-            data_samples (List[DataSample], optional): Their data samples.
-                Defaults to None.
-            model (str, optional): ``'teacher'`` or ``'student'``; None uses
-                ``semi_test_cfg.predict_on``. Defaults to None.
-            **kwargs: Passed to the head's ``predict``.
-        """
-        return self._classifier(model).predict(inputs, data_samples, **kwargs)
 
     # ------------------------------------------------------------------
     # Training
@@ -225,7 +160,7 @@ class FixMatch(BaseClassifier):
             raise ValueError('`unsup_weak` and `unsup_strong` must hold the '
                              'two views of the same images, but got '
                              f'{sizes[1]} and {sizes[2]} images')
-        self.teacher.update_parameters(self.student)
+        self.update_teacher()
 
         feats = self.student.extract_feat(
             torch.cat([inputs[b] for b in BRANCHES]))
@@ -239,7 +174,8 @@ class FixMatch(BaseClassifier):
         }
 
         if self.semi_train_cfg['pseudo_label_source'] == 'teacher':
-            weak_logits = self._teacher_logits(inputs['unsup_weak'])
+            weak_logits = self.teacher_logits(
+                inputs['unsup_weak'], self.semi_train_cfg['teacher_mode'])
         else:
             weak_logits = self.student.head(weak_feats).detach()
         probs = weak_logits.float().softmax(dim=1)
@@ -255,18 +191,6 @@ class FixMatch(BaseClassifier):
                                    data_samples['unsup_weak']))
         return losses
 
-    @torch.no_grad()
-    def _teacher_logits(self, inputs: Tensor) -> Tensor:
-        """The teacher's logits, in the mode set by ``teacher_mode``."""
-        if self.semi_train_cfg['teacher_mode'] == 'train':
-            return self.teacher(inputs)
-        was_training = self.teacher.training
-        self.teacher.eval()
-        try:
-            return self.teacher(inputs)
-        finally:
-            self.teacher.train(was_training)
-
 
 def _check_train_cfg(cfg: Optional[dict]) -> dict:
     """Fill in and validate ``semi_train_cfg``."""
@@ -277,33 +201,19 @@ def _check_train_cfg(cfg: Optional[dict]) -> dict:
                          f'expected some of {sorted(_TRAIN_DEFAULTS)}')
     cfg = {**_TRAIN_DEFAULTS, **cfg}
     threshold = cfg['threshold']
-    if not _is_number(threshold) or not 0 < threshold <= 1:
+    if not is_number(threshold) or not 0 < threshold <= 1:
         raise ValueError('`semi_train_cfg.threshold` must be in (0, 1], but '
                          f'got {threshold!r}')
     lambda_u = cfg['lambda_u']
-    if not _is_number(lambda_u) or not lambda_u >= 0:  # also rejects NaN
+    if not is_number(lambda_u) or not lambda_u >= 0:  # also rejects NaN
         raise ValueError('`semi_train_cfg.lambda_u` must be a number >= 0, '
                          f'but got {lambda_u!r}')
-    source = cfg['pseudo_label_source']
-    if source not in PSEUDO_LABEL_SOURCES:
-        raise ValueError('`semi_train_cfg.pseudo_label_source` must be one '
-                         f'of {PSEUDO_LABEL_SOURCES}, but got {source!r}')
-    mode = cfg['teacher_mode']
-    if mode not in TEACHER_MODES:
-        raise ValueError('`semi_train_cfg.teacher_mode` must be one of '
-                         f'{TEACHER_MODES}, but got {mode!r}')
+    check_choice('semi_train_cfg.pseudo_label_source',
+                 cfg['pseudo_label_source'], PSEUDO_LABEL_SOURCES)
+    check_choice('semi_train_cfg.teacher_mode', cfg['teacher_mode'],
+                 TEACHER_MODES)
     cfg['threshold'], cfg['lambda_u'] = float(threshold), float(lambda_u)
     return cfg
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_predict_on(key: str, value) -> None:
-    if value not in PREDICT_ON:
-        raise ValueError(
-            f'`{key}` must be one of {PREDICT_ON}, but got {value!r}')
 
 
 def _check_branches(inputs, data_samples) -> None:
