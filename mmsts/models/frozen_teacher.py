@@ -6,6 +6,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.hub import get_config
 from mmengine.model import BaseDataPreprocessor
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.registry import MODELS
@@ -26,8 +27,10 @@ class FrozenTeacher(nn.Module):
     must have been trained with the same normalisation.
 
     Args:
-        config (str | dict): A config file whose ``model`` is the teacher,
-            or the model's config itself.
+        config (str | dict): A config file whose ``model`` is the teacher
+            (a path, or a package's config such as
+            ``'mmpretrain::resnet/resnet50_8xb32_in1k.py'``), or the model's
+            config itself.
         checkpoint (str): Its weights (a file or any URL MMEngine loads).
         prefix (str): The prefix of the teacher's keys in the checkpoint,
             e.g. ``'teacher.module.'`` for the STS teacher of an mmsts
@@ -52,10 +55,7 @@ class FrozenTeacher(nn.Module):
                              f'but got {mode!r}')
         self.mode = mode
         if isinstance(config, str):
-            if not osp.isfile(config):
-                raise ValueError(
-                    f'`teacher.config`: no such file {config!r}')
-            model_cfg = Config.fromfile(config).model
+            model_cfg = _read_config(config).model
         else:
             model_cfg = copy.deepcopy(config)
         model_cfg = dict(model_cfg)
@@ -116,3 +116,16 @@ class FrozenTeacher(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """The classifier's logits on preprocessed ``inputs``."""
         return self.classifier(inputs, mode='tensor')
+
+
+def _read_config(config: str) -> Config:
+    """A config file, or a package's config (``'mmpretrain::...'``)."""
+    if '::' in config:
+        try:
+            return get_config(config)
+        except Exception as error:  # FileNotFoundError, ValueError, ...
+            raise ValueError(f'`teacher.config`: cannot read {config!r} '
+                             f'({error})') from error
+    if not osp.isfile(config):
+        raise ValueError(f'`teacher.config`: no such file {config!r}')
+    return Config.fromfile(config)

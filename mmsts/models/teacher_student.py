@@ -47,7 +47,8 @@ class TeacherStudentClassifier(BaseClassifier):
             ``'student'``.
         default_predict_on (str): ``predict_on`` when not set.
         data_preprocessor (dict | nn.Module, optional): The model's data
-            preprocessor; the student gets preprocessed batches.
+            preprocessor (``type`` defaults to ``'ClsDataPreprocessor'``, as
+            in ``ImageClassifier``); the student gets preprocessed batches.
         init_cfg (dict, optional): Initialization config.
     """
 
@@ -65,7 +66,9 @@ class TeacherStudentClassifier(BaseClassifier):
         check_choice('semi_test_cfg.predict_on', test_cfg['predict_on'],
                      PREDICT_ON)
         if isinstance(data_preprocessor, dict):
-            data_preprocessor = MODELS.build(data_preprocessor)
+            # As ImageClassifier: mmpretrain's data sets give a typeless one.
+            data_preprocessor = MODELS.build(
+                dict(dict(type='ClsDataPreprocessor'), **data_preprocessor))
         super().__init__(
             init_cfg=init_cfg, data_preprocessor=data_preprocessor)
         self.semi_test_cfg = test_cfg

@@ -72,6 +72,9 @@ class KDClassifier(TeacherStudentClassifier):
             own ``mode``).
         semi_test_cfg (dict, optional): ``predict_on``: ``'student'``
             (default, the model distillation deploys) or ``'teacher'``.
+        train_cfg (dict, optional): ``augments``, the batch augments
+            (mixup, cutmix) of mmpretrain's ``ImageClassifier``; the teacher
+            predicts on the mixed images too.
         data_preprocessor (dict | nn.Module, optional): e.g. mmpretrain's
             ``ClsDataPreprocessor`` (with its ``batch_augments``).
         init_cfg (dict, optional): Initialization config.
@@ -84,9 +87,15 @@ class KDClassifier(TeacherStudentClassifier):
                  neck: Optional[dict] = None,
                  distill_cfg: Optional[dict] = None,
                  semi_test_cfg: Optional[dict] = None,
+                 train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         self.distill_cfg = _check_distill_cfg(distill_cfg)
+        if train_cfg and 'augments' in train_cfg and isinstance(
+                data_preprocessor or {}, dict):
+            # As ImageClassifier: batch augments (mixup, cutmix).
+            data_preprocessor = dict(
+                data_preprocessor or {}, batch_augments=train_cfg)
         super().__init__(
             backbone=backbone,
             head=head,
@@ -148,11 +157,12 @@ def _check_distill_cfg(cfg: Optional[dict]) -> dict:
 def _batch_accuracies(student_logits: Tensor, teacher_logits: Tensor,
                       data_samples: List[DataSample]) -> Dict[str, Tensor]:
     """Accuracies on the batch where the labels are class indices (not
-    mixup's soft labels), and the agreement of the two predictions."""
+    soft scores, e.g. mixup's), and the agreement of the two
+    predictions."""
     student_pred = student_logits.argmax(dim=1)
     teacher_pred = teacher_logits.argmax(dim=1)
     out = dict(agreement=(student_pred == teacher_pred).float().mean())
-    if data_samples and all('gt_label' in s and s.gt_label.numel() == 1
+    if data_samples and all('gt_label' in s and 'gt_score' not in s
                             for s in data_samples):
         gt = torch.cat([s.gt_label for s in data_samples]).to(student_pred)
         out['student_acc'] = (student_pred == gt).float().mean()

@@ -226,3 +226,19 @@ def test_distill_cfg_bad_input(cfg, message):
 def test_teacher_needs_a_type():
     with pytest.raises(ValueError, match='`teacher` needs a `type`'):
         build_kd(dict(preserve_prob=0.5))
+
+
+def test_batch_augments_mix_the_labels_the_teacher_sees():
+    """``train_cfg.augments`` (mixup) as in ImageClassifier: the labels
+    become soft (so no batch accuracies) and both models see the mixed
+    images."""
+    model = build_kd(
+        dict(STS),
+        train_cfg=dict(augments=dict(type='Mixup', alpha=1.0)),
+        data_preprocessor=dict(num_classes=NUM_CLASSES))
+    inputs, samples = make_batch()
+    data = model.data_preprocessor(
+        dict(inputs=list(inputs), data_samples=samples), training=True)
+    assert data['data_samples'][0].gt_score.shape == (NUM_CLASSES, )
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert 'student_acc' not in losses and 'agreement' in losses
