@@ -222,3 +222,55 @@ def test_linear_probe_trains_on_a_byol_backbone(byol_checkpoints, data_root,
     } else 'conv1.weight'
     torch.testing.assert_close(
         runner.model.backbone.state_dict()[key], state[prefix + key])
+
+
+# ----------------------------------------------------------------------
+# The KD study (configs/kd/*fashion-mnist*)
+# ----------------------------------------------------------------------
+def test_kd_study_runs_every_student_of_every_seed():
+    study = run_study.kd_study()
+    assert len(study.runs) == 4 * len(run_study.SEEDS)
+    assert len({run.name for run in study.runs}) == len(study.runs)
+    for run in study.runs:
+        for step in run.steps:
+            assert osp.isfile(osp.join(REPO_ROOT, step.config)), step.config
+        assert run.steps[-1].cfg_options['randomness.seed'] == run.seed
+    fixed = [r for r in study.runs if r.group == 'KD, fixed teacher']
+    assert all(len(r.steps) == 2 for r in fixed)
+    assert fixed[0].steps[1].cfg_options['model.teacher.checkpoint'] == \
+        f'{{run_dir}}/teacher/iter_{run_study.KD_STEPS}.pth'
+
+
+def test_kd_configs_train_two_iterations_each(data_root, tmp_path):
+    """Every step of the KD study on tiny data: the teacher, then the four
+    students (the fixed-teacher one reads the teacher's checkpoint)."""
+    teacher_dir = str(tmp_path / 'teacher')
+    options = {
+        'train_cfg.max_iters': 2,
+        'train_cfg.val_interval': 2,
+        'default_hooks.checkpoint.interval': 2,
+        'train_dataloader.batch_size': 4,
+        'randomness.seed': 1,
+    }
+    runner = Runner.from_cfg(
+        small_cfg(osp.join(REPO_ROOT, run_study.KD_TEACHER), data_root,
+                  teacher_dir, options))
+    runner.train()
+    checkpoint = osp.join(teacher_dir, 'iter_2.pth')
+    assert osp.isfile(checkpoint)
+    for group, (tag, config) in run_study.KD_STUDENTS.items():
+        student_options = dict(options)
+        if tag == 'fixed':
+            student_options['model.teacher.checkpoint'] = checkpoint
+        runner = Runner.from_cfg(
+            small_cfg(
+                osp.join(REPO_ROOT, run_study.KD_DIR, config), data_root,
+                str(tmp_path / tag), student_options))
+        runner.train()
+        assert runner.iter == 2, group
+        scalars = runner.message_hub.log_scalars
+        key = 'val/accuracy/top1' if tag == 'none' else \
+            'val/student/accuracy/top1'
+        assert key in scalars, (group, sorted(scalars))
+        if tag != 'none':
+            assert 'train/loss_kd' in scalars, group

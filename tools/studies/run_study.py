@@ -11,6 +11,7 @@ Examples::
     python tools/studies/run_study.py fixmatch --jobs 2   # make study-fixmatch
     python tools/studies/run_study.py byol --jobs 2       # make study-byol
     python tools/studies/run_study.py ablation --jobs 2   # make study-ablation
+    python tools/studies/run_study.py kd --jobs 2         # make study-kd
     python tools/studies/run_study.py fixmatch --report   # tables only
     python tools/studies/run_study.py fixmatch --dry-run  # list the commands
 
@@ -226,10 +227,72 @@ def byol_study(seeds=SEEDS) -> Study:
                'evaluation at the end of each probe.'))
 
 
+KD_DIR = 'configs/kd'
+KD_TEACHER = osp.join(KD_DIR, 'wrn10-1_1xb64-1k_fashion-mnist.py')
+KD_STEPS = 1000
+#: Group -> (run name tag, config of the student, trained under strong
+#: augmentation).
+KD_STUDENTS = {
+    'no KD': ('none', 'wrn10-1_1xb64-1k-strongaug_fashion-mnist.py'),
+    'KD, fixed teacher':
+    ('fixed', 'kd_wrn10-1_fixed-teacher_1xb64-1k-strongaug_fashion-mnist.py'),
+    'KD, online TMA teacher':
+    ('tma', 'kd_wrn10-1_tma_1xb64-1k-strongaug_fashion-mnist.py'),
+    'KD, online STS teacher':
+    ('sts', 'kd_wrn10-1_sts_1xb64-1k-strongaug_fashion-mnist.py'),
+}
+
+
+def kd_run(group: str, seed: int) -> Run:
+    """One student of the KD study; the fixed-teacher run trains its
+    teacher first (weak augmentation, same seed)."""
+    options = {
+        'randomness.seed': seed,
+        'train_dataloader.sampler.seed': seed,
+    }
+    steps = []
+    if 'fixed' in group:
+        steps.append(Step('teacher', KD_TEACHER, dict(options)))
+        options['model.teacher.checkpoint'] = \
+            f'{{run_dir}}/teacher/iter_{KD_STEPS}.pth'
+    tag, config = KD_STUDENTS[group]
+    steps.append(Step('student', osp.join(KD_DIR, config), options))
+    key = 'accuracy/top1' if tag == 'none' else 'student/accuracy/top1'
+    return Run(
+        name=f'kd_{tag}_seed{seed}',
+        table='WRN-10-1 under strong augmentation',
+        group=group,
+        seed=seed,
+        steps=steps,
+        metrics={'student (the deployed model)': ('student', key)})
+
+
+def kd_study(seeds=SEEDS) -> Study:
+    return Study(
+        name='kd',
+        title='Knowledge distillation under strong augmentation on '
+        'Fashion-MNIST: no KD vs fixed vs online TMA / STS teachers',
+        runs=[kd_run(group, seed) for seed in seeds for group in KD_STUDENTS],
+        baselines={'WRN-10-1 under strong augmentation': 'no KD'},
+        last_n=5,
+        command='make study-kd',
+        notes=('WRN-10-1, 64 images per step, 1,000 steps, FixMatch\'s '
+               'strong augmentation (RandAugment + Cutout) for every '
+               'student; evaluation every 100 steps on the first 1,000 test '
+               'images, median of the last 5. KD: the head\'s cross-entropy '
+               'plus the KL (weight 1, T = 1) to the teacher\'s prediction '
+               'on the same augmented images. Fixed teacher: the same '
+               'network trained first with the weak augmentation (same '
+               'seed). Online teachers: averages of the student, weight '
+               '0.01 on the student per step, STS with p = 0.5, in '
+               'evaluation mode.'))
+
+
 STUDIES = {
     'fixmatch': fixmatch_study,
     'byol': byol_study,
     'ablation': ablation_study,
+    'kd': kd_study,
 }
 
 

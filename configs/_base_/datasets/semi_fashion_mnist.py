@@ -22,7 +22,7 @@
 #       dataset=dict(datasets=[labeled_dataset, _base_.unlabeled_dataset]))
 # and the split seed from the command line with
 #   --cfg-options train_dataloader.dataset.datasets.0.seed=1
-_base_ = ['./fashion_mnist.py', './pipelines/fixmatch_randaugment.py']
+_base_ = ['./pipelines/fashion_mnist_augment.py']
 
 custom_imports = dict(imports=['mmsts'], allow_failed_imports=False)
 
@@ -37,84 +37,16 @@ batch_size = (1 + mu) * labeled_batch_size  # 32
 #   --cfg-options train_dataloader.sampler.seed=<seed>
 sampler_seed = 0
 num_val = 1000
-# Mean grey level of the training pixels (fashion_mnist.py): Cutout fill.
-mean_grey = 73
 
 data_preprocessor = dict(
     _delete_=True,
     type='MultiBranchDataPreprocessor',
     data_preprocessor=_base_.data_preprocessor)
 
-# FixMatch's RandAugment list (pipelines/fixmatch_randaugment.py) for grey
-# images. mmcv's AutoContrast, Equalize, Contrast and ColorTransform need
-# 3-channel images (they index channels or call bgr2gray) and fail on the
-# 28 x 28 arrays, so these four are done on a PIL 'L' image by torchvision:
-#   AutoContrast, Equalize -> torchvision's, with p = 1;
-#   Contrast -> ColorJitter(contrast=(0.05, 0.95)): the factor is drawn from
-#               FixMatch's range [0.05, 0.95], as the mmcv op would;
-#   ColorTransform -> identity: a grey image has no saturation to change.
-# The other ten ops are FixMatch's, unchanged.
-
-
-def _on_pil(transform):
-    return dict(
-        type='Compose',
-        transforms=[
-            dict(type='mmpretrain.NumpyToPIL', to_rgb=False), transform,
-            dict(type='mmpretrain.PILToNumpy', to_bgr=False)
-        ])
-
-
-_grey_ops = dict(
-    AutoContrast=_on_pil(
-        dict(type='mmpretrain.torchvision/RandomAutocontrast', p=1.0)),
-    Equalize=_on_pil(
-        dict(type='mmpretrain.torchvision/RandomEqualize', p=1.0)),
-    Contrast=_on_pil(
-        dict(
-            type='mmpretrain.torchvision/ColorJitter',
-            contrast=(0.05, 0.95))),
-    ColorTransform=dict(type='Compose', transforms=[]))
-fixmatch_randaug_policies = [
-    _grey_ops.get(policy['type'], policy)
-    for policy in _base_.fixmatch_randaug_policies
-]
-
-# Weak: horizontal flip (a flipped garment is the same garment), pad by
-# 12.5 % (3 px) with reflection and crop back to 28 x 28.
-img_size = 28
-weak_pipeline = [
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(
-        type='RandomCrop',
-        crop_size=img_size + 2 * (img_size // 8),
-        pad_if_needed=True,
-        padding_mode='reflect'),
-    dict(type='RandomCrop', crop_size=img_size),
-    dict(type='PackInputs'),
-]
-# Strong: the weak one, RandAugment (2 ops), then Cutout of a square of side
-# U(0, 0.5) x 28 filled with the mean grey level.
-strong_pipeline = [
-    *weak_pipeline[:-1],
-    dict(
-        type='RandAugment',
-        policies=fixmatch_randaug_policies,
-        num_policies=2,
-        magnitude_level=10,
-        total_level=10,
-        magnitude_std='inf',
-        hparams=dict(pad_val=0)),
-    dict(
-        type='Cutout',
-        magnitude_range=(0, img_size // 2),
-        magnitude_level=10,
-        total_level=10,
-        magnitude_std='inf',
-        pad_val=mean_grey,
-        prob=1.0),
-    dict(type='PackInputs'),
-]
+# FixMatch's weak and strong augmentations of the 28 x 28 grey images:
+# pipelines/fashion_mnist_augment.py.
+weak_pipeline = _base_.weak_pipeline
+strong_pipeline = _base_.strong_pipeline
 
 branch_field = ['sup', 'unsup_weak', 'unsup_strong']
 labeled_pipeline = [
