@@ -1,9 +1,14 @@
 from .digits import Digits, digits_split_indices
+from .pseudo_labels import (PseudoLabeledDataset, dataset_fingerprint,
+                            load_pseudo_labels, save_pseudo_labels,
+                            select_pseudo_labels)
 from .samplers import MultiSourceBatchSampler, MultiSourceSampler
 from .semi import LabeledSubset
 from .transforms import MultiBranch
 
 __all__ = [
     'Digits', 'digits_split_indices', 'LabeledSubset', 'MultiBranch',
-    'MultiSourceBatchSampler', 'MultiSourceSampler'
+    'MultiSourceBatchSampler', 'MultiSourceSampler', 'PseudoLabeledDataset',
+    'dataset_fingerprint', 'load_pseudo_labels', 'save_pseudo_labels',
+    'select_pseudo_labels'
 ]
