@@ -98,6 +98,34 @@ def make_imagenet_folder(root: str, num_classes: int = 2,
     return root
 
 
+def write_idx(path: str, array) -> None:
+    """Write ``array`` (uint8) as an idx file, the format of (Fashion-)MNIST:
+    a magic number with the number of dimensions, the sizes, the bytes."""
+    import struct
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('>I', 0x800 + array.ndim))
+        f.write(struct.pack(f'>{array.ndim}I', *array.shape))
+        f.write(array.tobytes())
+
+
+def make_fashion_mnist(root: str, train_per_class: int = 30,
+                       num_test: int = 20) -> str:
+    """Fashion-MNIST's four unzipped idx files, of random 28 x 28 images:
+    ``train_per_class`` training images of each of the 10 classes
+    (shuffled) and ``num_test`` test images."""
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, labels in (('train', np.repeat(np.arange(10),
+                                              train_per_class)),
+                          ('t10k', np.arange(num_test) % 10)):
+        labels = rng.permutation(labels).astype(np.uint8)
+        images = rng.integers(0, 256, (len(labels), 28, 28), np.uint8)
+        write_idx(osp.join(root, f'{split}-images-idx3-ubyte'), images)
+        write_idx(osp.join(root, f'{split}-labels-idx1-ubyte'), labels)
+    return root
+
+
 @pytest.fixture(scope='session')
 def imagenet_root(tmp_path_factory):
     return make_imagenet_folder(str(tmp_path_factory.mktemp('imagenet')))

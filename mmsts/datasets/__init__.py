@@ -1,5 +1,6 @@
 from .digits import Digits, digits_split_indices
-from .pseudo_labels import (PseudoLabeledDataset, dataset_fingerprint,
+from .pseudo_labels import (OneHotLabels, PseudoLabeledDataset,
+                            check_selection, dataset_fingerprint,
                             load_pseudo_labels, save_pseudo_labels,
                             select_pseudo_labels)
 from .samplers import MultiSourceBatchSampler, MultiSourceSampler
@@ -9,6 +10,6 @@ from .transforms import MultiBranch
 __all__ = [
     'Digits', 'digits_split_indices', 'LabeledSubset', 'MultiBranch',
     'MultiSourceBatchSampler', 'MultiSourceSampler', 'PseudoLabeledDataset',
-    'dataset_fingerprint', 'load_pseudo_labels', 'save_pseudo_labels',
-    'select_pseudo_labels'
+    'OneHotLabels', 'check_selection', 'dataset_fingerprint',
+    'load_pseudo_labels', 'save_pseudo_labels', 'select_pseudo_labels'
 ]

@@ -18,11 +18,24 @@ import os.path as osp
 from typing import Optional, Tuple
 
 import numpy as np
-from mmengine.dataset import BaseDataset
 from mmpretrain.registry import DATASETS
 
 #: Version of the pseudo-label file layout.
 PSEUDO_LABEL_VERSION = 1
+
+
+def check_selection(threshold: float, per_class: Optional[int]) -> None:
+    """Raise a ValueError naming the value unless ``threshold`` is in
+    [0, 1] and ``per_class`` is None or an integer >= 1."""
+    if isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError('`threshold` must be a number in [0, 1], but got '
+                         f'{threshold!r}')
+    if per_class is not None and (isinstance(per_class, bool)
+                                  or not isinstance(per_class, int)
+                                  or per_class < 1):
+        raise ValueError('`per_class` must be an integer >= 1 or None, but '
+                         f'got {per_class!r}')
 
 
 def select_pseudo_labels(probs: np.ndarray,
@@ -54,15 +67,7 @@ def select_pseudo_labels(probs: np.ndarray,
     Raises:
         ValueError: for a threshold outside [0, 1] or ``per_class < 1``.
     """
-    if isinstance(threshold, bool) or not isinstance(
-            threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError('`threshold` must be a number in [0, 1], but got '
-                         f'{threshold!r}')
-    if per_class is not None and (isinstance(per_class, bool)
-                                  or not isinstance(per_class, int)
-                                  or per_class < 1):
-        raise ValueError('`per_class` must be an integer >= 1 or None, but '
-                         f'got {per_class!r}')
+    check_selection(threshold, per_class)
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2:
         raise ValueError(f'`probs` must be (N, C), but got {probs.shape}')
@@ -161,8 +166,33 @@ def load_pseudo_labels(path: str) -> Tuple[np.ndarray, np.ndarray, dict]:
     return indices, targets, header
 
 
+class _SoftTargets:
+    """Serves the samples of a data set (a config or an instance) with
+    ``gt_score`` targets, through the data set's own pipeline; a member of
+    MMEngine's ``ConcatDataset``."""
+
+    def __init__(self, dataset) -> None:
+        if isinstance(dataset, dict):
+            dataset = DATASETS.build(copy.deepcopy(dataset))
+        self.dataset = dataset
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(getattr(self.dataset, 'metainfo', {}))
+
+    def full_init(self) -> None:
+        if hasattr(self.dataset, 'full_init'):
+            self.dataset.full_init()
+
+    def get_data_info(self, idx: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, idx: int) -> dict:
+        return self.dataset.pipeline(self.get_data_info(idx))
+
+
 @DATASETS.register_module()
-class PseudoLabeledDataset:
+class PseudoLabeledDataset(_SoftTargets):
     """The images a teacher pseudo-labeled, with their targets.
 
     Sample ``i`` is sample ``indices[i]`` of ``dataset`` (a duplicated
@@ -182,9 +212,8 @@ class PseudoLabeledDataset:
     """
 
     def __init__(self, dataset, pseudo_label_file: str) -> None:
-        if isinstance(dataset, dict):
-            dataset = DATASETS.build(copy.deepcopy(dataset))
-        self.dataset: BaseDataset = dataset
+        super().__init__(dataset)
+        dataset = self.dataset
         self.pseudo_label_file = pseudo_label_file
         indices, targets, header = load_pseudo_labels(pseudo_label_file)
         fingerprint = dataset_fingerprint(dataset)
@@ -201,7 +230,6 @@ class PseudoLabeledDataset:
                 f'outside [0, {len(dataset)})')
         self.indices, self.targets = indices, targets
         self.meta = header.get('meta', {})
-        self.metainfo = getattr(dataset, 'metainfo', {})
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -212,5 +240,31 @@ class PseudoLabeledDataset:
         info['gt_score'] = self.targets[idx].copy()
         return info
 
-    def __getitem__(self, idx: int) -> dict:
-        return self.dataset.pipeline(self.get_data_info(idx))
+
+@DATASETS.register_module()
+class OneHotLabels(_SoftTargets):
+    """A labeled data set served with one-hot ``gt_score`` targets, to be
+    concatenated with a :class:`PseudoLabeledDataset` (mmpretrain's head
+    takes soft targets only when every sample of a batch has them).
+
+    Args:
+        dataset (dict | BaseDataset): A single-label data set.
+        num_classes (int): The number of classes.
+    """
+
+    def __init__(self, dataset, num_classes: int) -> None:
+        super().__init__(dataset)
+        if isinstance(num_classes, bool) or not isinstance(
+                num_classes, int) or num_classes < 1:
+            raise ValueError('`num_classes` must be an integer >= 1, but '
+                             f'got {num_classes!r}')
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get_data_info(self, idx: int) -> dict:
+        info = self.dataset.get_data_info(idx)
+        label = int(np.asarray(info.pop('gt_label')).reshape(-1)[0])
+        info['gt_score'] = np.eye(self.num_classes, dtype=np.float32)[label]
+        return info

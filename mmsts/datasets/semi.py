@@ -335,6 +335,12 @@ class LabeledSubset:
         if not self._fully_initialized:
             self.full_init()
 
+    @property
+    def pipeline(self):
+        """The wrapped data set's pipeline (for wrappers that serve
+        modified annotations, e.g. :class:`OneHotLabels`)."""
+        return self.dataset.pipeline
+
     def get_data_info(self, idx: int) -> dict:
         """The annotation of the ``idx``-th labeled sample.
 

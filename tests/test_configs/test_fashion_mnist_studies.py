@@ -5,7 +5,6 @@ mmpretrain's own ``FashionMNIST``; the grey RandAugment works on 28 x 28
 arrays."""
 import glob
 import os.path as osp
-import struct
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmpretrain.registry import TRANSFORMS
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_fashion_mnist
 
 sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'studies'))
 import run_study  # noqa: E402
@@ -33,27 +32,11 @@ SEMI = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets',
                 'semi_fashion_mnist.py')
 
 
-def write_idx(path, array):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('>I', 0x800 + array.ndim))
-        f.write(struct.pack(f'>{array.ndim}I', *array.shape))
-        f.write(array.tobytes())
-
-
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
     """30 training images per class (250 labels need 25) and 20 test
     images, 28 x 28 grey."""
-    root = tmp_path_factory.mktemp('fashion_mnist')
-    rng = np.random.default_rng(0)
-    for split, labels in (('train', np.repeat(np.arange(10), 30)),
-                          ('t10k', np.arange(20) % 10)):
-        labels = rng.permutation(labels).astype(np.uint8)
-        images = rng.integers(0, 256, (len(labels), 28, 28), np.uint8)
-        write_idx(str(root / f'{split}-images-idx3-ubyte'), images)
-        write_idx(str(root / f'{split}-labels-idx1-ubyte'), labels)
-    return str(root)
+    return make_fashion_mnist(str(tmp_path_factory.mktemp('fashion_mnist')))
 
 
 def _set_data_root(obj, root):
