@@ -43,7 +43,7 @@ def _indexed_models():
 def test_model_index_lists_every_method_and_existing_configs():
     metafiles = _metafiles()
     methods = {osp.basename(osp.dirname(p)) for p in metafiles}
-    assert methods == {'byol', 'mocov2', 'fixmatch', 'kd'}
+    assert methods == {'byol', 'mocov2', 'fixmatch', 'kd', 'noisy_student'}
     models = _indexed_models()
     names = [m['Name'] for m in models]
     assert len(names) == len(set(names)), 'model names must be unique'
@@ -57,9 +57,10 @@ def test_model_index_lists_every_method_and_existing_configs():
             assert model['Results'] is None and model['Weights'] is None
             for down in model.get('Downstream', []):
                 assert down in names
-    # Every ImageNet recipe of BYOL, MoCo v2 and KD is indexed.
+    # Every ImageNet recipe of BYOL, MoCo v2, KD and Noisy Student is
+    # indexed.
     indexed = {m['Config'] for m in models}
-    for method in ('byol', 'mocov2', 'kd'):
+    for method in ('byol', 'mocov2', 'kd', 'noisy_student'):
         for path in glob.glob(
                 osp.join(REPO_ROOT, 'configs', method, '**', '*.py'),
                 recursive=True):
