@@ -211,7 +211,9 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
             stored on this device. Defaults to None.
         buffers (str, optional): What an update does to the buffers (BN
             running statistics): ``'copy'`` them from the source (as
-            mmpretrain's teachers do), ``'keep'`` the teacher's own (updated
+            mmpretrain's teachers do; they are checked for NaN/Inf with the
+            parameters, and a step whose source holds any is skipped as a
+            whole), ``'keep'`` the teacher's own (updated
             only by the teacher's own forward passes in train mode, as in the
             official STS code) or ``'smooth'`` them with the parameters'
             rule. None follows ``update_buffers``. Defaults to None.
