@@ -185,6 +185,17 @@ class TeacherStudentClassifier(BaseClassifier):
         return self._classifier(model).predict(inputs, data_samples, **kwargs)
 
 
+def with_defaults(key: str, cfg: Optional[dict], defaults: dict) -> dict:
+    """``cfg`` (the option called ``key``) filled in with ``defaults``;
+    a ValueError names any key not in ``defaults``."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise ValueError(f'Unknown keys {unknown} in `{key}`; expected some '
+                         f'of {sorted(defaults)}')
+    return {**defaults, **cfg}
+
+
 def check_choice(key: str, value, choices) -> None:
     """Raise a ValueError naming ``key`` unless ``value`` is in
     ``choices``."""

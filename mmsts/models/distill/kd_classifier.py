@@ -9,7 +9,7 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from ..teacher_student import (TEACHER_MODES, TeacherStudentClassifier,
-                               check_choice, is_number)
+                               check_choice, is_number, with_defaults)
 
 _DISTILL_DEFAULTS = dict(kd_weight=1.0, temperature=1.0, teacher_mode='eval')
 
@@ -135,12 +135,7 @@ class KDClassifier(TeacherStudentClassifier):
 
 def _check_distill_cfg(cfg: Optional[dict]) -> dict:
     """Fill in and validate ``distill_cfg``."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(_DISTILL_DEFAULTS))
-    if unknown:
-        raise ValueError(f'Unknown keys {unknown} in `distill_cfg`; '
-                         f'expected some of {sorted(_DISTILL_DEFAULTS)}')
-    cfg = {**_DISTILL_DEFAULTS, **cfg}
+    cfg = with_defaults('distill_cfg', cfg, _DISTILL_DEFAULTS)
     weight, temperature = cfg['kd_weight'], cfg['temperature']
     if not is_number(weight) or not weight >= 0:  # also rejects NaN
         raise ValueError('`distill_cfg.kd_weight` must be a number >= 0, '

@@ -9,7 +9,7 @@ from mmpretrain.structures import DataSample
 from torch import Tensor
 
 from ..teacher_student import (TEACHER_MODES, TeacherStudentClassifier,
-                               check_choice, is_number)
+                               check_choice, is_number, with_defaults)
 
 BRANCHES = ('sup', 'unsup_weak', 'unsup_strong')
 PSEUDO_LABEL_SOURCES = ('teacher', 'student')
@@ -109,9 +109,14 @@ class FixMatch(TeacherStudentClassifier):
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         self.semi_train_cfg = _check_train_cfg(semi_train_cfg)
-        teacher_cfg = dict(
-            type='SpatialTemporalSmoothing', preserve_prob=0.5, momentum=0.001)
-        teacher_cfg.update(teacher or {})
+        teacher_cfg = dict(teacher or {})
+        if teacher_cfg.get('type', 'SpatialTemporalSmoothing') == \
+                'SpatialTemporalSmoothing':
+            # FixMatch's defaults, for its own teacher type only (another
+            # averaged model would not take `preserve_prob`).
+            teacher_cfg = dict(
+                dict(type='SpatialTemporalSmoothing', preserve_prob=0.5,
+                     momentum=0.001), **teacher_cfg)
         super().__init__(
             backbone=backbone,
             head=head,
@@ -194,12 +199,7 @@ class FixMatch(TeacherStudentClassifier):
 
 def _check_train_cfg(cfg: Optional[dict]) -> dict:
     """Fill in and validate ``semi_train_cfg``."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(_TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f'Unknown keys {unknown} in `semi_train_cfg`; '
-                         f'expected some of {sorted(_TRAIN_DEFAULTS)}')
-    cfg = {**_TRAIN_DEFAULTS, **cfg}
+    cfg = with_defaults('semi_train_cfg', cfg, _TRAIN_DEFAULTS)
     threshold = cfg['threshold']
     if not is_number(threshold) or not 0 < threshold <= 1:
         raise ValueError('`semi_train_cfg.threshold` must be in (0, 1], but '

@@ -441,3 +441,29 @@ def test_loss_tells_empty_branches_from_missing_ones():
     text = str(info.value)
     assert "['sup'] hold no images" in text and 'missing' not in text
     assert 'batch_size' in text
+
+
+def test_a_frozen_teacher_is_refused(tmp_path):
+    """FixMatch's teacher is an average of the student (a fixed teacher is
+    knowledge distillation: KDClassifier)."""
+    classifier = dict(
+        type='ImageClassifier',
+        backbone=dict(type='WideResNet', depth=10, widen_factor=1),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=NUM_CLASSES,
+                  in_channels=64))
+    checkpoint = str(tmp_path / 'teacher.pth')
+    torch.save(dict(state_dict=MODELS.build(classifier).state_dict()),
+               checkpoint)
+    with pytest.raises(TypeError, match='FixMatch needs an averaged teacher'):
+        build_fixmatch(teacher=dict(type='FrozenTeacher', config=classifier,
+                                    checkpoint=checkpoint))
+
+
+def test_mmengine_ema_teacher_takes_its_own_defaults():
+    """STS's defaults (``preserve_prob``) are FixMatch's only for an STS
+    teacher: MMEngine's EMA builds with its own."""
+    from mmengine.model import ExponentialMovingAverage
+    model = build_fixmatch(teacher=dict(type='ExponentialMovingAverage'))
+    assert type(model.teacher) is ExponentialMovingAverage
+    assert model.teacher.momentum == 0.0002
