@@ -23,7 +23,7 @@
 # Train: python tools/train.py <this config>
 _base_ = [
     '../_base_/datasets/semi_fashion_mnist.py',
-    './_base_/fixmatch_schedule_1048k.py',
+    './_base_/fixmatch_schedule_1k_cpu.py',
 ]
 
 model = dict(
@@ -51,31 +51,3 @@ model = dict(
     semi_train_cfg=dict(
         threshold=0.95, lambda_u=1.0, pseudo_label_source='student'),
     semi_test_cfg=dict(predict_on='teacher'))
-
-max_iters = 1000
-val_interval = 100
-param_scheduler = [
-    dict(
-        type='FixMatchCosineLR',
-        num_cycles=7 / 16,
-        by_epoch=False,
-        begin=0,
-        end=max_iters)
-]
-train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
-optim_wrapper = dict(optimizer=dict(lr=0.1, weight_decay=5e-4))
-default_hooks = dict(
-    # Evaluations are logged with the iteration as their step (not the
-    # epoch, always 0 in an iteration-based loop), so that the evaluations
-    # of a resumed run can be merged with those before the interruption.
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    # Every 200 steps for --resume; only the latest is kept.
-    checkpoint=dict(
-        type='CheckpointHook',
-        by_epoch=False,
-        interval=200,
-        max_keep_ckpts=1,
-        save_best=None))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0, deterministic=True)

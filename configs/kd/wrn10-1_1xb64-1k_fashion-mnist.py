@@ -9,7 +9,7 @@
 # ~4 minutes single-threaded.
 _base_ = [
     '../_base_/datasets/pipelines/fashion_mnist_augment.py',
-    '../fixmatch/_base_/fixmatch_schedule_1048k.py',
+    '../fixmatch/_base_/fixmatch_schedule_1k_cpu.py',
 ]
 
 custom_imports = dict(imports=['mmsts'], allow_failed_imports=False)
@@ -41,27 +41,4 @@ val_dataloader = dict(
     num_workers=0, persistent_workers=False, dataset=dict(indices=1000))
 test_dataloader = val_dataloader
 
-max_iters = 1000
-val_interval = 100
-param_scheduler = [
-    dict(
-        type='FixMatchCosineLR',
-        num_cycles=7 / 16,
-        by_epoch=False,
-        begin=0,
-        end=max_iters)
-]
-train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
 val_cfg = dict(_delete_=True)
-optim_wrapper = dict(optimizer=dict(lr=0.1))
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(
-        type='CheckpointHook',
-        by_epoch=False,
-        interval=200,
-        max_keep_ckpts=1,
-        save_best=None))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0, deterministic=True)
