@@ -223,8 +223,8 @@ def byol_study(seeds=SEEDS) -> Study:
         last_n=1,
         command='make study-byol',
         notes=('Linear probes (frozen backbone) of the teacher and of the '
-               'student of each pretraining, on the 10,000 test images; one '
-               'evaluation at the end of each probe.'))
+               'student of each pretraining, on the first 5,000 test '
+               'images; one evaluation at the end of each probe.'))
 
 
 KD_DIR = 'configs/kd'
