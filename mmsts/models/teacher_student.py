@@ -84,8 +84,8 @@ class TeacherStudentClassifier(BaseClassifier):
             raise ValueError('`teacher` needs a `type`: an averaged model '
                              "(e.g. 'SpatialTemporalSmoothing') or "
                              "'FrozenTeacher'")
-        if MODELS.get(cfg['type']) is FrozenTeacher or \
-                cfg['type'] is FrozenTeacher:
+        if cfg['type'] is FrozenTeacher or \
+                MODELS.get(cfg['type']) is FrozenTeacher:
             return MODELS.build(cfg)
         if 'model' in cfg:
             raise ValueError('`teacher` must not set `model`: the teacher is '

@@ -299,9 +299,8 @@ class SpatialTemporalSmoother:
     def _copy_pending(self, pending: Dict[tuple, _Copies], step: int) -> None:
         """The copies no update group took, each group under its guard."""
         for d_list, s_list in pending.values():
-            guard = build_guard(self.nonfinite, d_list[0].device,
-                                self._nonfinite)
-            guard(s_list, step, lambda s, scale, d=d_list: lerp_(d, s, scale))
+            self._guard(d_list, {})(
+                s_list, step, lambda s, scale, d=d_list: lerp_(d, s, scale))
 
     # ------------------------------------------------------------------
     # Statistics
