@@ -13,6 +13,10 @@ Round 0 trains the teacher on the labeled images
    second data set of its training set) is trained on labeled +
    pseudo-labeled images.
 
+With ``--teacher-checkpoint``, round 0 is not trained: the given
+checkpoint (of a ``noisy_student.teacher_config`` model, e.g. a released
+one, or a teacher shared by several runs) is round 0's teacher.
+
 Everything lands in ``--work-dir``: ``round<r>/`` holds a round's training
 (``pseudo_labels.npz`` too) and ``round<r>/done.json`` marks it finished.
 Run the same command again after a crash: finished rounds are skipped and
@@ -53,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--rounds', type=int,
                         help='override noisy_student.rounds')
+    parser.add_argument(
+        '--teacher-checkpoint',
+        help='use this checkpoint of a `noisy_student.teacher_config` '
+        'model as the teacher of round 1 instead of training round 0')
     parser.add_argument(
         '--cfg-options', nargs='+', default=[],
         help='passed to every training and pseudo-labeling step')
@@ -106,6 +114,8 @@ class NoisyStudent:
         work_dir (str): Where the rounds go.
         cfg_options (list[str]): ``key=value`` passed to every step.
         rounds (int, optional): Overrides ``noisy_student.rounds``.
+        teacher_checkpoint (str, optional): Round 0's teacher, not trained
+            here (a checkpoint of a ``teacher_config`` model).
         run_tool (callable): ``(tool, args)``; runs ``tools/<tool>.py``
             (default: in a subprocess).
     """
@@ -115,12 +125,19 @@ class NoisyStudent:
                  work_dir: str,
                  cfg_options: Optional[List[str]] = None,
                  rounds: Optional[int] = None,
+                 teacher_checkpoint: Optional[str] = None,
                  run_tool: Callable[[str, List[str]], None] = subprocess_tool
                  ) -> None:
         self.config = config
         self.work_dir = osp.abspath(work_dir)
         self.cfg_options = list(cfg_options or [])
         self.settings = read_settings(config, rounds)
+        if teacher_checkpoint is not None and not osp.isfile(
+                teacher_checkpoint):
+            raise ValueError('--teacher-checkpoint must be a checkpoint '
+                             f'file, but got {teacher_checkpoint!r}')
+        self.teacher_checkpoint = teacher_checkpoint and osp.abspath(
+            teacher_checkpoint)
         self.run_tool = run_tool
 
     def round_dir(self, r: int) -> str:
@@ -153,7 +170,9 @@ class NoisyStudent:
     def _round(self, r: int, teacher: Optional[dict]) -> dict:
         os.makedirs(self.round_dir(r), exist_ok=True)
         record = dict(round=r)
-        if r == 0:
+        if r == 0 and self.teacher_checkpoint is not None:
+            record['checkpoint'] = self.teacher_checkpoint
+        elif r == 0:
             self._train(0, self.settings['teacher_config'], [])
         else:
             labels = osp.join(self.round_dir(r), 'pseudo_labels.npz')
@@ -177,7 +196,8 @@ class NoisyStudent:
                 labels
             ])
             record.update(pseudo_labels=labels, teacher=teacher['checkpoint'])
-        record['checkpoint'] = last_checkpoint(self.round_dir(r))
+        if 'checkpoint' not in record:  # trained here
+            record['checkpoint'] = last_checkpoint(self.round_dir(r))
         with open(osp.join(self.round_dir(r), 'done.json'), 'w') as f:
             json.dump(record, f, indent=1)
         return record
@@ -186,7 +206,7 @@ class NoisyStudent:
 def main(argv=None) -> List[Dict[str, str]]:
     args = parse_args(argv)
     records = NoisyStudent(args.config, args.work_dir, args.cfg_options,
-                           args.rounds).run()
+                           args.rounds, args.teacher_checkpoint).run()
     print(f'Noisy Student: {len(records) - 1} rounds done; the last '
           f"student: {records[-1]['checkpoint']}")
     return records

@@ -125,3 +125,35 @@ def test_bad_settings_fail_at_start_up(workspace, text, message):
     config.write_text(f'_base_ = [{STS_CONFIG!r}]\n{text}\n')
     with pytest.raises(ValueError, match=message):
         noisy_student.NoisyStudent(str(config), str(root / 'ns'))
+
+
+def test_a_given_teacher_checkpoint_replaces_round_0(workspace):
+    """With ``teacher_checkpoint``, round 0 trains nothing and round 1's
+    pseudo-labels come from the given checkpoint; a missing file is refused
+    at start-up."""
+    root, config = workspace
+    given = root / 'teacher.pth'
+    given.write_bytes(b'weights')
+    calls = []
+
+    def fake_tool(tool, args):
+        calls.append((tool, list(args)))
+        if tool == 'train':  # what MMEngine leaves in the work dir
+            work_dir = args[args.index('--work-dir') + 1]
+            with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+                f.write(osp.join(work_dir, 'iter_2.pth'))
+
+    records = noisy_student.NoisyStudent(
+        config, str(root / 'ns'), TINY, rounds=1,
+        teacher_checkpoint=str(given), run_tool=fake_tool).run()
+    assert [c[0] for c in calls] == ['pseudo_label', 'train']
+    assert records[0] == dict(round=0, checkpoint=str(given))
+    assert calls[0][1][1] == str(given)  # the teacher that labels round 1
+    assert records[1]['teacher'] == str(given)
+    assert records[1]['checkpoint'] == str(root / 'ns' / 'round1' /
+                                           'iter_2.pth')
+    with pytest.raises(ValueError, match=r"--teacher-checkpoint must be a "
+                       r"checkpoint file, but got '.*nowhere\.pth'"):
+        noisy_student.NoisyStudent(config, str(root / 'ns2'),
+                                   teacher_checkpoint=str(root /
+                                                          'nowhere.pth'))

@@ -182,6 +182,50 @@ def test_command_line_of_a_step(tmp_path):
     ]
 
 
+def test_command_line_of_another_tool(tmp_path):
+    """Another tool gets no ``--resume``, and its extra arguments and
+    options may name the study's shared folder."""
+    step = Step('rounds', 'configs/x.py', {'a': 1}, tool='noisy_student',
+                args=['--teacher', '{shared_dir}/t/last.pth'], shared=None)
+    cmd = runner.step_command(step, '/r/runs/x', ['python', 'ns.py'])
+    assert cmd[3:] == [
+        '--work-dir', '/r/runs/x/rounds', '--teacher', '/r/shared/t/last.pth',
+        '--cfg-options', 'a=1'
+    ]
+    shared = Step('teacher', 'configs/t.py', shared='t')
+    assert runner.step_command(shared, '/r/runs/x', ['python'])[1:4] == [
+        osp.join(REPO_ROOT, 'configs/t.py'), '--work-dir', '/r/shared/t'
+    ]
+
+
+def test_a_shared_step_is_done_once_for_all_its_runs(fake):
+    """Two runs that start from the same shared step, started at the same
+    time: one does it, the other waits for it, and its CPU time is counted
+    once."""
+    runs = [
+        Run(name=f'{group}_seed0', table='t', group=group, seed=0,
+            steps=[
+                Step('pre', fake['config'], shared='pre_seed0'),
+                Step('train', fake['config'], {'bonus': i}),
+            ],
+            metrics={'pre': ('pre', 'acc'), 'acc': ('train', 'acc')})
+        for i, group in enumerate('AB')
+    ]
+    sched = scheduler(fake, jobs=2)
+    results = sched.run([Study('s', 'S', runs, baselines={})])
+    with open(osp.join(fake['root'], 'shared', 'pre_seed0', 'starts')) as f:
+        assert f.read().split() == ['0']  # trained once
+    assert not osp.exists(osp.join(fake['root'], 'runs', 'A_seed0', 'pre'))
+    shared = [r['timings']['pre'].get('shared', False)
+              for r in results.values()]
+    assert sorted(shared) == [False, True]
+    for r in results.values():
+        assert r['metrics']['pre']['final'] == 54  # read from the shared dir
+        assert runner.cpu_seconds(r) == sum(
+            t['cpu_s'] for t in r['timings'].values() if not t.get('shared'))
+    assert results['B_seed0']['metrics']['acc']['final'] == 55
+
+
 def test_shared_runs_are_run_once(fake):
     a = make_study(fake, seeds=(0, ), name='one')
     b = make_study(fake, seeds=(0, ), name='two')
@@ -289,3 +333,34 @@ def test_byol_study_definition():
         f'pretrain/epoch_{run_study.BYOL_EPOCHS}.pth')
     for step in run.steps:
         assert osp.isfile(osp.join(REPO_ROOT, step.config))
+
+
+def test_noisy_student_study_definition():
+    """3 smoothings x 3 seeds; round 0 is one shared teacher per seed, whose
+    last checkpoint the rounds start from."""
+    study = run_study.noisy_student_study()
+    assert len(study.runs) == 9
+    assert {r.group for r in study.runs} == {'STS', 'EMA', 'raw'}
+    assert study.baselines == {study.runs[0].table: 'EMA'}
+    by_seed = {}
+    for run in study.runs:
+        teacher, rounds = run.steps
+        assert teacher.shared and rounds.shared is None
+        by_seed.setdefault(run.seed, set()).add(teacher.shared)
+        assert rounds.tool == 'noisy_student'
+        assert rounds.args == [
+            '--teacher-checkpoint', f'{{shared_dir}}/{teacher.shared}/'
+            f'iter_{run_study.NS_STEPS}.pth'
+        ]
+        for step in run.steps:
+            assert step.cfg_options['randomness.seed'] == run.seed
+            assert step.cfg_options['train_cfg.max_iters'] == \
+                run_study.NS_STEPS
+            assert osp.isfile(osp.join(REPO_ROOT, step.config))
+        assert [m[0] for m in run.metrics.values()] == [
+            'teacher', 'rounds/round1', 'rounds/round2'
+        ]
+    assert all(len(names) == 1 for names in by_seed.values())
+    assert len(set.union(*by_seed.values())) == 3
+    # The first two runs start two different teachers.
+    assert study.runs[0].seed != study.runs[1].seed

@@ -12,6 +12,7 @@ Examples::
     python tools/studies/run_study.py byol --jobs 2       # make study-byol
     python tools/studies/run_study.py ablation --jobs 2   # make study-ablation
     python tools/studies/run_study.py kd --jobs 2         # make study-kd
+    python tools/studies/run_study.py noisy_student --jobs 2
     python tools/studies/run_study.py fixmatch --report   # tables only
     python tools/studies/run_study.py fixmatch --dry-run  # list the commands
 
@@ -25,8 +26,8 @@ import time
 from typing import Dict, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner import (Run, Scheduler, Step, Study, run_dir,  # noqa: E402
-                    step_command, write_report)
+from runner import (TOOLS, Run, Scheduler, Step, Study,  # noqa: E402
+                    run_dir, step_command, write_report)
 
 DEFAULT_ROOT = 'work_dirs/studies'
 SEEDS = (0, 1, 2)
@@ -288,11 +289,85 @@ def kd_study(seeds=SEEDS) -> Study:
                'evaluation mode.'))
 
 
+NS_DIR = 'configs/noisy_student'
+NS_TEACHER = osp.join(NS_DIR, 'wrn10-1_1xb64-1k_fashion-mnist-1000labels.py')
+#: Steps of every training of the Noisy Student study: half of the configs'
+#: 1,000, to fit its 21 trainings in ~35 min on 2 cores (docs/studies.md).
+NS_STEPS = 500
+NS_SMOOTHINGS = {'STS': 'sts', 'EMA': 'tma', 'raw': 'raw'}
+
+
+def ns_run(group: str, seed: int) -> Run:
+    """Two rounds of Noisy Student with one smoothing. Round 0 (the
+    teacher, trained on the labels only) does not depend on the smoothing:
+    it is a shared step, trained once per seed."""
+    options = {
+        'randomness.seed': seed,
+        'randomness.deterministic': True,
+        'train_dataloader.sampler.seed': seed,
+        'train_cfg.max_iters': NS_STEPS,
+        'param_scheduler.0.end': NS_STEPS,
+    }
+    teacher = f'noisy-student_teacher_{NS_STEPS}steps_seed{seed}'
+    tag = NS_SMOOTHINGS[group]
+    config = osp.join(NS_DIR, f'noisy-student_wrn10-1_{tag}_1xb64-1k_'
+                      'fashion-mnist-1000labels.py')
+    return Run(
+        name=f'noisy-student_{tag}_seed{seed}',
+        table='WRN-10-1, 1,000 labels, 2 rounds',
+        group=group,
+        seed=seed,
+        steps=[
+            Step('teacher', NS_TEACHER, dict(options), shared=teacher),
+            Step('rounds', config, dict(options), tool='noisy_student',
+                 args=['--teacher-checkpoint',
+                       f'{{shared_dir}}/{teacher}/iter_{NS_STEPS}.pth']),
+        ],
+        metrics={
+            'round 0: the teacher (labels only)':
+            ('teacher', 'accuracy/top1'),
+            'round 1: the smoothed student (the next teacher)':
+            ('rounds/round1', 'accuracy/top1'),
+            'round 2: the smoothed student':
+            ('rounds/round2', 'accuracy/top1'),
+        })
+
+
+def noisy_student_study(seeds=SEEDS) -> Study:
+    # Seeds first, so that the two processes start with two different
+    # (shared) teachers.
+    return Study(
+        name='noisy_student',
+        title='Noisy Student on Fashion-MNIST: the student smoothed by STS, '
+        'by an EMA, or not at all',
+        runs=[ns_run(group, seed) for group in NS_SMOOTHINGS
+              for seed in seeds],
+        baselines={'WRN-10-1, 1,000 labels, 2 rounds': 'EMA'},
+        last_n=3,
+        command='make study-noisy-student',
+        notes=(f'WRN-10-1; every training is {NS_STEPS} steps of 64 images '
+               '(the configs\' 1,000 halved for time) with the cosine '
+               'decay over them, evaluated every 100 steps on the first '
+               '1,000 test images (median of the last 3). Round 0: the '
+               'teacher on the 1,000 labeled images (100 per class) with '
+               'the weak augmentation, the same for the three smoothings '
+               'of a seed. Round r: the teacher of round r - 1 labels the '
+               '60,000 training images (soft labels, confidence >= 0.3) '
+               'and a new student learns from 16 labeled + 48 '
+               'pseudo-labeled images per step with RandAugment + Cutout '
+               'and dropout 0.1; its STS (p = 0.5) or EMA average (weight '
+               '0.01 per step), or the raw student, is evaluated and '
+               'becomes the next teacher. Seed s sets the initialisation, '
+               'augmentation, STS masks and data order; the labeled split '
+               'is fixed.'))
+
+
 STUDIES = {
     'fixmatch': fixmatch_study,
     'byol': byol_study,
     'ablation': ablation_study,
     'kd': kd_study,
+    'noisy_student': noisy_student_study,
 }
 
 
@@ -330,7 +405,8 @@ def main(argv=None) -> int:
             for step in run.steps:
                 print(' '.join(
                     step_command(step, run_dir(args.root, run),
-                                 ['python', 'tools/studies/train_one.py'])))
+                                 ['python', osp.relpath(TOOLS[step.tool])],
+                                 args.root)))
         return 0
     if args.report:
         write_report(study, args.root)

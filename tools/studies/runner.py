@@ -9,7 +9,9 @@ linear probes of its teacher and of its student). The scheduler runs at most
 
 * gives every run its own directory ``<root>/runs/<run name>`` and every
   step its own work dir in it; runs with the same name in two studies are
-  the same run, done once;
+  the same run, done once; a step marked ``shared`` (e.g. the teacher that
+  several runs start from) has its work dir in ``<root>/shared/`` and is
+  done once, by the first run that gets to it, while the others wait;
 * skips a run whose ``result.json`` exists, and a step whose ``done.json``
   exists;
 * resumes an interrupted step from its last checkpoint (``--resume``:
@@ -23,6 +25,7 @@ linear probes of its teacher and of its student). The scheduler runs at most
 An interrupted study (Ctrl-C, a killed job, a reboot) picks up where it
 stopped when its command is run again.
 """
+import contextlib
 import importlib.util
 import json
 import math
@@ -39,6 +42,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TRAIN_ONE = osp.join(REPO_ROOT, 'tools', 'studies', 'train_one.py')
+#: The script of each kind of step, given ``CONFIG --work-dir DIR
+#: [--cfg-options ...]``; ``tools/train.py`` also gets ``--resume``
+#: (``tools/noisy_student.py`` always resumes).
+TOOLS = {
+    'train': TRAIN_ONE,
+    'noisy_student': osp.join(REPO_ROOT, 'tools', 'noisy_student.py'),
+}
 
 #: The environment of every training process: one thread, and CPU kernels
 #: pinned to one instruction set, so that a run gives the same numbers on
@@ -68,11 +78,27 @@ class Step:
         config (str): Config path, relative to the repository root.
         cfg_options (dict): ``--cfg-options``; string values may use
             ``{run_dir}`` (the run's directory, e.g. to load the checkpoint
-            of an earlier step).
+            of an earlier step) and ``{shared_dir}`` (``<root>/shared``).
+        tool (str): A key of :data:`TOOLS`. Defaults to ``'train'``.
+        args (list[str]): More arguments of the tool (formatted as the
+            options are), e.g. ``['--teacher-checkpoint', PATH]``.
+        shared (str, optional): If given, the step's work dir is
+            ``<root>/shared/<shared>``, and the step is done once for all
+            the runs that have it.
     """
     name: str
     config: str
     cfg_options: Dict[str, object] = field(default_factory=dict)
+    tool: str = 'train'
+    args: List[str] = field(default_factory=list)
+    shared: Optional[str] = None
+
+    def work_dir(self, root: str, rdir: str) -> str:
+        """The step's work dir, for a run in ``rdir`` of a study in
+        ``root``."""
+        if self.shared is not None:
+            return osp.join(shared_dir(root), self.shared)
+        return osp.join(rdir, self.name)
 
 
 @dataclass
@@ -132,26 +158,50 @@ def run_dir(root: str, run: Run) -> str:
     return osp.join(root, 'runs', run.name)
 
 
-def _format_option(value, rdir: str) -> str:
+def shared_dir(root: str) -> str:
+    return osp.join(root, 'shared')
+
+
+def step_dir(root: str, run: Run, name: str) -> str:
+    """The work dir of the run's step called ``name``."""
+    for step in run.steps:
+        if step.name == name:
+            return step.work_dir(root, run_dir(root, run))
+    raise KeyError(f'{run.name} has no step {name!r}')
+
+
+def _format_option(value, rdir: str, root: str) -> str:
     if isinstance(value, str):
-        return value.format(run_dir=rdir)
+        return value.format(run_dir=rdir, shared_dir=shared_dir(root))
     return repr(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def step_command(step: Step, rdir: str,
-                 train_cmd: Sequence[str]) -> List[str]:
-    """The command line of one step (always with ``--resume``: it resumes
-    from the latest checkpoint in the work dir, or starts if there is
-    none)."""
-    cmd = list(train_cmd) + [
+def step_command(step: Step, rdir: str, tool_cmd: Sequence[str],
+                 root: Optional[str] = None) -> List[str]:
+    """The command line of one step of the run in ``rdir`` (a training
+    always with ``--resume``: it resumes from the latest checkpoint in the
+    work dir, or starts if there is none).
+
+    Args:
+        step (Step): The step.
+        rdir (str): The run's directory, ``<root>/runs/<name>``.
+        tool_cmd (Sequence[str]): The command of the step's tool.
+        root (str, optional): The study's root. Defaults to the parent of
+            ``rdir``'s parent.
+    """
+    root = root or osp.dirname(osp.dirname(rdir))
+    cmd = list(tool_cmd) + [
         osp.join(REPO_ROOT, step.config) if not osp.isabs(step.config) else
         step.config, '--work-dir',
-        osp.join(rdir, step.name), '--resume'
+        step.work_dir(root, rdir)
     ]
+    if step.tool == 'train':
+        cmd.append('--resume')
+    cmd += [_format_option(a, rdir, root) for a in step.args]
     if step.cfg_options:
         cmd.append('--cfg-options')
         cmd += [
-            f'{k}={_format_option(v, rdir)}'
+            f'{k}={_format_option(v, rdir, root)}'
             for k, v in step.cfg_options.items()
         ]
     return cmd
@@ -179,17 +229,27 @@ def collect_result(run: Run, root: str, last_n: int) -> dict:
     """Summarise a finished run's metrics (compare_runs'
     ``summarize_evaluations``)."""
     compare_runs = load_compare_runs()
-    rdir = run_dir(root, run)
     metrics = {}
     for label, (step, key) in run.metrics.items():
+        # ``step`` is a step's name, or a folder inside its work dir
+        # (``'students/round1'``).
+        name, _, inside = step.partition('/')
         metrics[label] = compare_runs.summarize_evaluations(
-            load_evaluations(osp.join(rdir, step)), key, last_n)
+            load_evaluations(
+                osp.join(step_dir(root, run, name), inside)), key, last_n)
     return dict(
         name=run.name,
         table=run.table,
         group=run.group,
         seed=run.seed,
         metrics=metrics)
+
+
+def cpu_seconds(result: dict) -> float:
+    """The CPU time of a run's steps, without the shared steps another
+    run did."""
+    return sum(t['cpu_s'] for t in result.get('timings', {}).values()
+               if not t.get('shared'))
 
 
 def _write_json(path: str, obj) -> None:
@@ -208,6 +268,8 @@ class Scheduler:
         train_cmd (Sequence[str], optional): The training command, given
             ``CONFIG --work-dir DIR --resume [--cfg-options ...]``.
             Defaults to ``[python, tools/studies/train_one.py]``.
+        tool_cmds (dict, optional): The commands of the other tools of
+            :data:`TOOLS`. Defaults to ``[python, TOOLS[tool]]``.
         env (dict, optional): Added to the environment of every process.
             Defaults to :data:`PINNED_ENV`.
         log (callable): Progress messages. Defaults to ``print``.
@@ -217,26 +279,34 @@ class Scheduler:
                  root: str,
                  jobs: int = 2,
                  train_cmd: Optional[Sequence[str]] = None,
+                 tool_cmds: Optional[Dict[str, Sequence[str]]] = None,
                  env: Optional[Dict[str, str]] = None,
                  log: Callable[[str], None] = print) -> None:
         if jobs < 1:
             raise ValueError(f'jobs must be >= 1, got {jobs}')
         self.root = osp.abspath(root)
         self.jobs = jobs
-        self.train_cmd = list(train_cmd or [sys.executable, TRAIN_ONE])
+        self.tool_cmds = {
+            tool: [sys.executable, script]
+            for tool, script in TOOLS.items()
+        }
+        self.tool_cmds.update(tool_cmds or {})
+        if train_cmd is not None:
+            self.tool_cmds['train'] = list(train_cmd)
         self.env = dict(os.environ, **(PINNED_ENV if env is None else env))
         self.log = log
         self._lock = threading.Lock()
         self._procs = set()
+        self._shared_locks: Dict[str, threading.Lock] = {}
         self._stopping = False
         #: Largest number of processes seen running at once (for tests).
         self.max_running = 0
 
     # -- one run ---------------------------------------------------------
     def _run_step(self, step: Step, rdir: str) -> dict:
-        work_dir = osp.join(rdir, step.name)
+        work_dir = step.work_dir(self.root, rdir)
         os.makedirs(work_dir, exist_ok=True)
-        cmd = step_command(step, rdir, self.train_cmd)
+        cmd = step_command(step, rdir, self.tool_cmds[step.tool], self.root)
         start = time.time()
         with open(osp.join(work_dir, 'train.log'), 'a') as out:
             out.write(f'\n$ {" ".join(cmd)}\n')
@@ -274,21 +344,34 @@ class Scheduler:
         os.makedirs(rdir, exist_ok=True)
         timings = {}
         for step in run.steps:
-            done = osp.join(rdir, step.name, DONE_FILE)
-            if osp.isfile(done):
-                with open(done) as f:
-                    timings[step.name] = json.load(f)
-                continue
-            self.log(f'[{time.strftime("%H:%M:%S")}] start {run.name} / '
-                     f'{step.name}')
-            timings[step.name] = self._run_step(step, rdir)
-            _write_json(done, timings[step.name])
+            with self._step_lock(step):
+                done = osp.join(step.work_dir(self.root, rdir), DONE_FILE)
+                if osp.isfile(done):
+                    with open(done) as f:
+                        timings[step.name] = json.load(f)
+                    if step.shared is not None:  # counted once, where done
+                        timings[step.name] = dict(
+                            timings[step.name], shared=True)
+                    continue
+                self.log(f'[{time.strftime("%H:%M:%S")}] start {run.name} '
+                         f'/ {step.name}')
+                timings[step.name] = self._run_step(step, rdir)
+                _write_json(done, timings[step.name])
         result = collect_result(run, self.root, last_n)
         result['timings'] = timings
         _write_json(result_path, result)
         self.log(f'[{time.strftime("%H:%M:%S")}] done {run.name} '
-                 f'({sum(t["cpu_s"] for t in timings.values()):.0f} CPU-s)')
+                 f'({cpu_seconds(result):.0f} CPU-s)')
         return result
+
+    def _step_lock(self, step: Step):
+        """A lock held while a shared step is checked and done (a no-op
+        for the run's own steps)."""
+        if step.shared is None:
+            return contextlib.nullcontext()
+        with self._lock:
+            return self._shared_locks.setdefault(step.shared,
+                                                 threading.Lock())
 
     @property
     def stopped(self) -> bool:
