@@ -11,7 +11,7 @@ resume.
 """
 import logging
 import weakref
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,19 +44,36 @@ BUFFER_POLICIES = ('copy', 'keep', 'smooth')
 RECORD_KEY = 'sts/{name}'
 
 
-def _module_tensors(modules: Sequence[nn.Module], kind: str) -> List[Tensor]:
-    """``model.parameters()`` (``kind='_parameters'``) or ``model.buffers()``
-    (``'_buffers'``) given ``list(model.modules())``: the same tensors in
-    the same order, each once, read afresh from the modules (so tensors
-    replaced in place, e.g. by ``load_state_dict(assign=True)``, are
-    seen)."""
+#: Where a model's parameters or buffers live: ``(module, names)`` pairs,
+#: the modules held by weak references.
+_Slots = List[Tuple[weakref.ref, List[str]]]
+
+
+def _tensor_slots(model: nn.Module, kind: str) -> _Slots:
+    """Where ``model.parameters()`` (``kind='_parameters'``) or
+    ``model.buffers()`` (``'_buffers'``) live, in their order, each tensor
+    once (a tensor shared by two modules is read from the first)."""
     seen = set()
-    tensors = []
-    for module in modules:
-        for tensor in getattr(module, kind).values():
+    slots = []
+    for module in model.modules():
+        names = []
+        for name, tensor in getattr(module, kind).items():
             if tensor is not None and id(tensor) not in seen:
                 seen.add(id(tensor))
-                tensors.append(tensor)
+                names.append(name)
+        if names:
+            slots.append((weakref.ref(module), names))
+    return slots
+
+
+def _read_slots(slots: _Slots, kind: str) -> List[Tensor]:
+    """The tensors in ``slots``, read afresh from their modules (so tensors
+    replaced in place, e.g. by ``load_state_dict(assign=True)``, are
+    seen): one dictionary per module, no walk of the model."""
+    tensors = []
+    for ref, names in slots:
+        table = getattr(ref(), kind)
+        tensors += [table[name] for name in names]
     return tensors
 
 
@@ -364,10 +381,11 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         self._buffers_avg = list(self.module.buffers()) \
             if self.settings['buffers'] == 'copy' else []
         self._host_steps: Optional[int] = None
-        # The source model last checked, and its modules (weak references:
-        # a deep copy or pickle of the teacher must not take the student).
+        # The source model last checked, and where its parameters and
+        # buffers live (weak references: a deep copy or pickle of the
+        # teacher must not take the student).
         self._source_ref: Optional[weakref.ref] = None
-        self._source_modules: List[weakref.ref] = []
+        self._source_slots: Dict[str, _Slots] = {}
         self._last_source: List[Tensor] = []
         self._unread = 0  # updates since the statistics were last read
 
@@ -375,26 +393,25 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         super()._load_from_state_dict(*args, **kwargs)
         self._host_steps = None  # re-read ``steps`` (and the record) next
 
-    def _source_tensors(self, model: nn.Module,
-                        modules: List[nn.Module]) -> List[Tensor]:
-        """The source's tensors in the teacher's order: its state dict's
-        floating point entries with ``update_buffers``, else its
-        parameters, read from its ``modules``."""
-        if self.update_buffers:
+    def _source_tensors(self, model: nn.Module, kind: str) -> List[Tensor]:
+        """The source's parameters (``kind='_parameters'``) or buffers
+        (``'_buffers'``), read afresh from where they were found when the
+        source model was first seen (walking a ResNet-50's modules at every
+        update would cost a tenth of the update); a new source model is
+        checked against the teacher first. With ``update_buffers``, the
+        parameters are the state dict's floating point entries in the
+        teacher's order."""
+        if self._source_ref is None or self._source_ref() is not model:
+            self._check_source(model)
+            self._source_ref = weakref.ref(model)
+            self._source_slots = {
+                k: _tensor_slots(model, k)
+                for k in ('_parameters', '_buffers')
+            }
+        if kind == '_parameters' and self.update_buffers:
             state = model.state_dict()
             return [state[k] for k in self._keys]
-        return _module_tensors(modules, '_parameters')
-
-    def _modules_of(self, model: nn.Module) -> List[nn.Module]:
-        """The modules of ``model``, walked once per source model (walking a
-        ResNet-50 for its parameters and buffers at every update would
-        cost a tenth of the update); a new source model is checked against
-        the teacher first."""
-        if self._source_ref is None or self._source_ref() is not model:
-            self._source_ref = weakref.ref(model)
-            self._source_modules = [weakref.ref(m) for m in model.modules()]
-            self._check_source(model)
-        return [ref() for ref in self._source_modules]
+        return _read_slots(self._source_slots[kind], kind)
 
     def _check_source(self, model: nn.Module) -> None:
         """Fail early, naming the tensor, if the source does not match."""
@@ -480,16 +497,15 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         Args:
             model (nn.Module): The source (student) model.
         """
-        modules = self._modules_of(model)
-        source = self._source_tensors(model, modules)
+        source = self._source_tensors(model, '_parameters')
         if self._host_steps is None:
             self._host_steps = int(self.steps)  # one sync after (re)loading
             self._start(self._host_steps)
         steps = self._host_steps
         # buffers='copy': the BN statistics are copied at every update,
         # checked with the parameters (NaN statistics stay out too).
-        buffers = (self._buffers_avg, _module_tensors(
-            modules, '_buffers')) if self._buffers_avg else ([], [])
+        buffers = (self._buffers_avg, self._source_tensors(
+            model, '_buffers')) if self._buffers_avg else ([], [])
         if steps == 0:
             # The first update copies the source, guarded like the others.
             self.smoother.copy_(self._avg + buffers[0], source + buffers[1],
