@@ -5,7 +5,11 @@ import json
 import os
 import os.path as osp
 import sys
+import signal
+import subprocess
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -224,6 +228,91 @@ def test_a_shared_step_is_done_once_for_all_its_runs(fake):
         assert runner.cpu_seconds(r) == sum(
             t['cpu_s'] for t in r['timings'].values() if not t.get('shared'))
     assert results['B_seed0']['metrics']['acc']['final'] == 55
+
+
+# A tool that runs its work in a child process (as tools/noisy_student.py
+# runs tools/train.py), which writes its pid and sleeps.
+PARENT_TOOL = textwrap.dedent('''
+    import subprocess, sys
+    work_dir = sys.argv[3]
+    subprocess.run([sys.executable, '-c',
+                    'import os, sys, time; '
+                    'open(sys.argv[1], "w").write(str(os.getpid())); '
+                    'time.sleep(60)', work_dir + '.child'])
+''')
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f'/proc/{pid}/stat') as f:  # a zombie is gone too
+        return f.read().split()[2] != 'Z'
+
+
+def test_stop_ends_the_processes_a_step_started(fake, tmp_path):
+    """stop() (SIGTERM) ends a running tool *and* the children it started;
+    without it, an orphaned training would keep a core and write into a
+    work dir that the resumed study trains again."""
+    script = tmp_path / 'parent_tool.py'
+    script.write_text(PARENT_TOOL)
+    study = make_study(fake, seeds=(0, ), groups=('A', ))
+    sched = scheduler(fake, jobs=1)
+    sched.tool_cmds['train'] = [sys.executable, str(script)]
+    thread = threading.Thread(target=sched.run, args=([study], ))
+    thread.start()
+    pid = _wait_for_pid(
+        osp.join(fake['root'], 'runs', 'A_seed0', 'train.child'))
+    sched.stop()
+    thread.join(30)
+    assert not thread.is_alive() and sched.stopped
+    _assert_ends(pid)
+
+
+def _wait_for_pid(path):
+    deadline = time.time() + 30
+    while not (osp.isfile(path) and open(path).read()):
+        assert time.time() < deadline, 'the child did not start'
+        time.sleep(0.05)
+    return int(open(path).read())
+
+
+def _assert_ends(pid):
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail('the step\'s child process outlived the study')
+
+
+def test_ctrl_c_ends_the_study_and_its_steps(fake, tmp_path):
+    """Ctrl-C reaches the study (the steps run in their own sessions and
+    do not get it): the study stops its steps and exits instead of waiting
+    for them."""
+    script = tmp_path / 'parent_tool.py'
+    script.write_text(PARENT_TOOL)
+    main = tmp_path / 'main.py'
+    main.write_text(textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {osp.dirname(runner.__file__)!r})
+        from runner import Run, Scheduler, Step, Study
+        sched = Scheduler({fake['root']!r}, jobs=1,
+                          train_cmd=[sys.executable, {str(script)!r}])
+        run = Run('A_seed0', 't', 'A', 0, [Step('train', 'x.py')], {{}})
+        sched.run([Study('s', 'S', [run], baselines={{}})])
+    '''))
+    proc = subprocess.Popen([sys.executable, str(main)],
+                            stderr=subprocess.DEVNULL)
+    pid = _wait_for_pid(
+        osp.join(fake['root'], 'runs', 'A_seed0', 'train.child'))
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(30) != 0
+    finally:
+        proc.kill()
+    _assert_ends(pid)
 
 
 def test_shared_runs_are_run_once(fake):

@@ -314,9 +314,12 @@ class Scheduler:
             with self._lock:
                 if self._stopping:
                     raise KeyboardInterrupt
+                # Its own process group: stop() ends the processes a tool
+                # starts too (tools/noisy_student.py runs its trainings in
+                # child processes).
                 proc = subprocess.Popen(
                     cmd, env=self.env, stdout=out, stderr=out,
-                    cwd=REPO_ROOT)
+                    cwd=REPO_ROOT, start_new_session=True)
                 self._procs.add(proc)
                 self.max_running = max(self.max_running, len(self._procs))
             try:
@@ -379,14 +382,18 @@ class Scheduler:
         return self._stopping
 
     def stop(self) -> None:
-        """Terminate the running processes (their runs resume later)."""
+        """Terminate the running steps, with the processes they started
+        (their runs resume later)."""
         self.log(f'[{time.strftime("%H:%M:%S")}] stopping: the running '
                  'steps are terminated and resume from their last '
                  'checkpoint next time')
         with self._lock:
             self._stopping = True
             for proc in self._procs:
-                proc.terminate()
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:  # already gone
+                    pass
 
     # -- studies ---------------------------------------------------------
     def run(self,
@@ -435,10 +442,13 @@ class Scheduler:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
         try:
             with ThreadPoolExecutor(self.jobs) as pool:
-                list(pool.map(work, runs))
-        except KeyboardInterrupt:
-            self.stop()
-            raise
+                try:
+                    list(pool.map(work, runs))
+                except KeyboardInterrupt:
+                    # Before the pool waits for its threads: the steps run
+                    # in their own sessions and do not get the Ctrl-C.
+                    self.stop()
+                    raise
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
