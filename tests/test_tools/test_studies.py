@@ -294,8 +294,11 @@ def test_ctrl_c_ends_the_study_and_its_steps(fake, tmp_path):
     script = tmp_path / 'parent_tool.py'
     script.write_text(PARENT_TOOL)
     main = tmp_path / 'main.py'
+    # A shell started in the background (as CI may run the tests) passes
+    # SIGINT on ignored; a terminal's Ctrl-C reaches Python's own handler.
     main.write_text(textwrap.dedent(f'''
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {osp.dirname(runner.__file__)!r})
         from runner import Run, Scheduler, Step, Study
         sched = Scheduler({fake['root']!r}, jobs=1,
