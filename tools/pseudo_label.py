@@ -80,7 +80,13 @@ def build(cfg: Config, checkpoint: str):
     if 'unlabeled_dataset' not in cfg:
         raise ValueError(f'{cfg.filename}: the config needs an '
                          '`unlabeled_dataset`')
-    model = MODELS.build(cfg.model)
+    model_cfg = cfg.model.copy()
+    # As MMEngine's Runner does: a config's top-level `data_preprocessor`
+    # (mmpretrain's normalisation) is the model's unless it has its own;
+    # without it the teacher would see unnormalised images.
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
     model.eval()
     dataset = DATASETS.build(cfg.unlabeled_dataset)
@@ -115,7 +121,9 @@ def main(argv: Optional[List[str]] = None) -> str:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if args.model_config:
-        cfg.model = Config.fromfile(args.model_config).model
+        model_cfg = Config.fromfile(args.model_config)
+        cfg.model = model_cfg.model
+        cfg.data_preprocessor = model_cfg.get('data_preprocessor')
     if args.launcher != 'none':
         init_dist(args.launcher, backend='nccl' if torch.cuda.is_available()
                   else 'gloo')

@@ -157,3 +157,27 @@ def test_a_given_teacher_checkpoint_replaces_round_0(workspace):
         noisy_student.NoisyStudent(config, str(root / 'ns2'),
                                    teacher_checkpoint=str(root /
                                                           'nowhere.pth'))
+
+
+def test_the_teacher_normalises_as_in_training(workspace):
+    """The pseudo-labeling teacher gets the config's top-level
+    ``data_preprocessor`` (mmpretrain's mean/std), as MMEngine's Runner
+    gives it in training; without it the teacher saw raw 0-255 pixels and
+    its labels were mostly wrong."""
+    from mmengine.config import Config
+    root, config = workspace
+    pseudo_label = _load_tool('pseudo_label')
+    cfg = Config.fromfile(config)
+    expected = torch.tensor(cfg.data_preprocessor.mean).view(-1)
+    model, _ = pseudo_label.build(cfg, _random_checkpoint(cfg, root))
+    assert torch.allclose(model.data_preprocessor.mean.view(-1), expected)
+    assert not torch.allclose(expected, torch.zeros_like(expected))
+
+
+def _random_checkpoint(cfg, root):
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(dict(cfg.model,
+                              data_preprocessor=cfg.data_preprocessor))
+    path = str(root / 'random.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
