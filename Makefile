@@ -65,30 +65,30 @@ clean:
         study-noisy-student studies
 
 # The Fashion-MNIST studies of STS (docs/studies.md): each runs two
-# single-threaded training processes at a time (in .venv: `make env` first),
+# single-threaded training processes at a time (in .venv, created if needed),
 # is resumable (run it again after an interruption) and writes
 # work_dirs/studies/<study>.md|json|png.
 # FixMatch: 30 runs, ~85 min on 2 idle cores.
-study-fixmatch: data-fashion-mnist
+study-fixmatch: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py fixmatch --jobs 2
 
 # BYOL, TMA vs STS vs SE, with linear probes: 9 pretrainings, ~60 min.
-study-byol: data-fashion-mnist
+study-byol: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py byol --jobs 2
 
 # p and granularity of STS (FixMatch-MT, 40 labels): 15 new runs, ~45 min.
-study-ablation: data-fashion-mnist
+study-ablation: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py ablation --jobs 2
 
 # Knowledge distillation under strong augmentation (configs/kd/README.md):
 # 15 trainings (12 students, 3 teachers), ~40 min on 2 idle cores.
-study-kd: data-fashion-mnist
+study-kd: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py kd --jobs 2
 
 # Noisy Student, 2 rounds, student smoothed by STS / EMA / not at all
 # (configs/noisy_student/README.md): 3 teachers + 18 students of 300 steps
 # and 18 pseudo-labelings of the 60,000 images, ~30 min on 2 idle cores.
-study-noisy-student: data-fashion-mnist
+study-noisy-student: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py noisy_student --jobs 2
 
 # The three STS studies, ~3 h 5 min on 2 idle cores (docs/studies.md has
