@@ -16,6 +16,8 @@ A fragment is one whole tensor in the official code (``granularity='tensor'``,
 the default). ``'channel'`` (one output channel, i.e. one slice along dim 0)
 and ``'element'`` are extensions of mmsts, not from the paper.
 """
+import math
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -79,16 +81,49 @@ def _matching(teacher: List[Tensor], student: List[Tensor]) -> List[Tensor]:
     return [s.to(t) for s, t in zip(student, teacher)]
 
 
+#: Elements per piece of the host's distance computation: the difference of
+#: a piece stays in the CPU's cache instead of going through memory.
+_DISTANCE_PIECE = 1 << 18
+
+
 @torch.no_grad()
 def relative_distance(teacher: Sequence[Tensor],
                       student: Sequence[Tensor]) -> Tensor:
     """``||teacher - student|| / ||student||`` over all tensors, as a 0-dim
-    tensor (no host synchronisation)."""
-    diff = torch._foreach_sub(list(teacher), list(student))
+    tensor (no host synchronisation on an accelerator).
+
+    On the host the differences are formed piece by piece in one small
+    buffer and read while still in the cache (a ResNet-50 took ~2 lerps on
+    one thread), instead of materialising the whole difference (~5 lerps:
+    allocating and faulting in a copy of the model).
+    """
+    teacher, student = list(teacher), list(student)
+    if teacher and on_host(teacher[0].device):
+        return _host_relative_distance(teacher, student, _DISTANCE_PIECE)
+    diff = torch._foreach_sub(teacher, student)
     num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diff)))
-    den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
-        list(student))))
+    den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(student)))
     return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+
+
+def _host_relative_distance(teacher: List[Tensor], student: List[Tensor],
+                            piece: int) -> Tensor:
+    """:func:`relative_distance` on the host, in pieces of at most ``piece``
+    elements; the squares of their norms are summed in double precision."""
+    size = min(piece, max(t.numel() for t in teacher))
+    buffers: Dict[torch.dtype, Tensor] = {}
+    num = den = 0.0
+    for t, s in zip(teacher, student):
+        t, s = t.reshape(-1), s.reshape(-1).to(t)
+        buf = buffers.setdefault(t.dtype, t.new_empty(size))
+        for start in range(0, t.numel(), piece):
+            a, b = t[start:start + piece], s[start:start + piece]
+            diff = torch.sub(a, b, out=buf[:a.numel()])
+            num += float(torch.linalg.vector_norm(diff))**2
+            den += float(torch.linalg.vector_norm(b))**2
+    return torch.tensor(
+        math.sqrt(num) / max(math.sqrt(den), sys.float_info.min),
+        dtype=torch.float64)
 
 
 class SpatialTemporalSmoother:

@@ -21,6 +21,7 @@ from mmsts.smoothing import (ConstantMomentum, CosineMomentum,
                              SpatialTemporalSmoother, build_momentum_schedule,
                              check_unit_interval, devices,
                              relative_distance, stream_id)
+from mmsts.smoothing import smoother as smoother_module
 from mmsts.smoothing.fine import TorchFineUpdate
 from mmsts.smoothing.guards import (DeviceGuard, Guard, HostGuard,
                                     NonFiniteCounter, build_guard)
@@ -651,9 +652,10 @@ def test_host_guard_checks_at_once():
 
 
 def test_host_guard_checks_small_and_large_tensors():
-    """Tiny tensors are checked together; a NaN in any of them counts."""
+    """Tiny tensors are checked together, large ones one by one (last to
+    first); a NaN in any of them counts."""
     student = [torch.zeros(3), torch.zeros(1 << 15), torch.zeros(()),
-               torch.zeros(7, dtype=torch.float64)]
+               torch.zeros(7, dtype=torch.float64), torch.zeros(2, 1 << 14)]
     for index in range(len(student)):
         poisoned = [s.clone() for s in student]
         poisoned[index].view(-1)[-1] = float('nan')
@@ -764,6 +766,31 @@ def test_relative_distance_builds_no_graph():
     distance = relative_distance(teacher, student)
     assert not distance.requires_grad
     assert float(distance) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('host_types', [('cpu', ), ()],
+                         ids=['host', 'sync_free'])
+def test_relative_distance_matches_float64(host_types, monkeypatch):
+    """The host computes the distance piece by piece in one buffer; pieces
+    that straddle tensors of several sizes and dtypes, and a student of
+    another dtype, give the float64 value, as the accelerator path does."""
+    monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', host_types)
+    monkeypatch.setattr(smoother_module, '_DISTANCE_PIECE', 7)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (16, ), (), (2, 2, 2)]
+    student = [torch.randn(s, generator=gen) for s in shapes]
+    teacher = [
+        (s + 0.1 * torch.randn(s.shape, generator=gen)).to(dtype)
+        for s, dtype in zip(student, [torch.float32, torch.float64] * 2)
+    ]
+    if not host_types:  # the fused kernels need matching dtypes
+        student = [s.to(t.dtype) for s, t in zip(student, teacher)]
+    num = sum(((t.double() - s.double())**2).sum()
+              for t, s in zip(teacher, student))
+    den = sum((s.double()**2).sum() for s in student)
+    expected = float(num.sqrt() / den.sqrt())
+    assert float(relative_distance(teacher, student)) == pytest.approx(
+        expected, rel=1e-6)
 
 
 # ----------------------------------------------------------------------

@@ -13,7 +13,10 @@ one ``update_parameters(student)`` each:
 * mmsts ``SpatialTemporalSmoothing``: TMA (``preserve_prob=0``), STS with
   ``'tensor'``, ``'channel'`` and ``'element'`` fragments, and SE
   (``momentum=1``), each with the default ``nonfinite='skip'`` guard and with
-  ``nonfinite='none'``.
+  ``nonfinite='none'``;
+* reading an STS teacher's statistics (``pop_statistics()``, which the
+  teacher does every ``log_interval`` updates, 50 by default): not an
+  update, timed so that its share per update can be worked out.
 
 The candidates are interleaved round-robin (a different one first in each
 round), so that machine noise hits them all alike; the table gives the
@@ -56,6 +59,8 @@ EMA, COSINE_EMA = 'MMEngine ExponentialMovingAverage', 'mmpretrain CosineEMA'
 #: gives their reasoning. They are checked for both guards.
 TARGETS = (('STS tensor', 0.45), ('STS channel', 1.5), ('STS element', 5.0))
 GUARDS = ('skip', 'none')
+#: Not an update: reading a teacher's statistics (every ``log_interval``).
+STATISTICS = 'STS statistics read (every log_interval updates)'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -169,6 +174,11 @@ def build_candidates(byol: nn.Module, args) -> Dict[str, Callable[[], None]]:
                 **kwargs)
             candidates[f'{name}, nonfinite={guard}'] = \
                 lambda sts=sts: sts.update_parameters(student)
+            if name == 'STS tensor' and guard == 'skip':
+                statistics = sts
+    # What a teacher adds every ``log_interval`` updates (50 by default):
+    # reading its statistics, the teacher-student distance most of all.
+    candidates[STATISTICS] = statistics.pop_statistics
     return candidates
 
 
