@@ -349,8 +349,8 @@ def noisy_student_study(seeds=SEEDS) -> Study:
         last_n=3,
         command='make study-noisy-student',
         notes=(f'WRN-10-1; every training is {NS_STEPS} steps of 64 images '
-               'with the cosine decay over them, evaluated every 100 steps on the first '
-               '1,000 test images (median of the last 3). Round 0: the '
+               'with the cosine decay over them, evaluated every 100 '
+               'steps on the first 1,000 test images (median of the last 3). Round 0: the '
                'teacher on the 1,000 labeled images (100 per class) with '
                'the weak augmentation, the same for the three smoothings '
                'of a seed. Round r: the teacher of round r - 1 labels the '
