@@ -350,18 +350,18 @@ def noisy_student_study(seeds=SEEDS) -> Study:
         command='make study-noisy-student',
         notes=(f'WRN-10-1; every training is {NS_STEPS} steps of 64 images '
                'with the cosine decay over them, evaluated every 100 '
-               'steps on the first 1,000 test images (median of the last 3). Round 0: the '
-               'teacher on the 1,000 labeled images (100 per class) with '
-               'the weak augmentation, the same for the three smoothings '
-               'of a seed. Round r: the teacher of round r - 1 labels the '
-               '60,000 training images (soft labels, confidence >= 0.3) '
-               'and a new student learns from 16 labeled + 48 '
-               'pseudo-labeled images per step with RandAugment + Cutout '
-               'and dropout 0.1; its STS (p = 0.5) or EMA average (weight '
-               '0.01 per step), or the raw student, is evaluated and '
-               'becomes the next teacher. Seed s sets the initialisation, '
-               'augmentation, STS masks and data order; the labeled split '
-               'is fixed.'))
+               'steps on the first 1,000 test images (median of the last '
+               '3). Round 0: the teacher on the 1,000 labeled images (100 '
+               'per class) with the weak augmentation, the same for the '
+               'three smoothings of a seed. Round r: the teacher of round '
+               'r - 1 labels the 60,000 training images (soft labels, '
+               'confidence >= 0.3) and a new student learns from 16 '
+               'labeled + 48 pseudo-labeled images per step with '
+               'RandAugment + Cutout and dropout 0.1; its STS (p = 0.5) or '
+               'EMA average (weight 0.01 per step), or the raw student, is '
+               'evaluated and becomes the next teacher. Seed s sets the '
+               'initialisation, augmentation, STS masks and data order; '
+               'the labeled split is fixed.'))
 
 
 STUDIES = {
