@@ -356,6 +356,25 @@ def test_aggregate_pairs_by_seed_and_skips_incomplete_seeds():
     assert '1 runs not finished' in text
 
 
+def test_report_warns_when_the_median_covers_the_whole_run():
+    """A run with no more evaluations than ``last_n`` reports a median
+    that reaches back to its first evaluation; the report says so."""
+    results = [synthetic(g, s, 70.0 + s) for s in range(2)
+               for g in ('TMA', 'STS')]
+    results[3][1]['metrics']['teacher'].update(evaluations=3, last_n=3)
+    study = Study('s', 'S', [r for r, _ in results], baselines={'t': 'TMA'})
+    summary = runner.aggregate(study, results)
+    assert summary['tables']['t']['whole_runs'] == {
+        'teacher': ['STS seed 1']
+    }
+    text = runner.report_markdown(study, summary)
+    assert '**Warning:** 1 run(s) (STS seed 1)' in text
+    del results[3][1]['metrics']['teacher']['evaluations']  # older files
+    results[3][1]['metrics']['teacher'].update(last_n=5)
+    text = runner.report_markdown(study, runner.aggregate(study, results))
+    assert 'Warning' not in text
+
+
 def test_report_files(tmp_path):
     results = [synthetic(g, s, 70.0 + s + (g == 'STS'))
                for s in range(3) for g in ('TMA', 'STS')]

@@ -502,7 +502,7 @@ def aggregate(study: Study, results: Sequence[Tuple[Run, dict]]) -> dict:
             g: len([s for s in ps if (table, g, s) not in got])
             for g, ps in groups.items()
         }
-        entry = dict(seeds=seeds, missing=missing, metrics={})
+        entry = dict(seeds=seeds, missing=missing, metrics={}, whole_runs={})
         if seeds:
             first = got[(table, next(iter(groups)), seeds[0])]
             baseline = study.baselines.get(table)
@@ -513,6 +513,12 @@ def aggregate(study: Study, results: Sequence[Tuple[Run, dict]]) -> dict:
                 }
                 entry['metrics'][label] = compare_runs.aggregate_groups(
                     by_group, baseline if baseline in by_group else None)
+                # Runs whose "median of the last n" reaches back to their
+                # first evaluation: a mid-training value, not an end state.
+                entry['whole_runs'][label] = sorted(
+                    f'{g} seed {s}' for g, runs in by_group.items()
+                    for s, m in zip(seeds, runs)
+                    if m.get('evaluations', m['last_n'] + 1) <= m['last_n'])
         tables[table] = entry
     return dict(study=study.name, title=study.title, last_n=study.last_n,
                 baselines=study.baselines, tables=tables)
@@ -565,6 +571,15 @@ def report_markdown(study: Study, summary: dict,
                     f'{_pm(g["median_last"])} | {_pm(g["final"])} | '
                     f'{_pm(g.get("diff_median_last"))} | {per_seed} |')
             lines.append('')
+            whole = entry.get('whole_runs', {}).get(label)
+            if whole:
+                lines += [
+                    f'**Warning:** {len(whole)} run(s) ({", ".join(whole)}) '
+                    f'have at most {n} evaluations, so their median of the '
+                    f'last {n} includes the first evaluation: a value from '
+                    'mid-training, not from the end of it. Evaluate more '
+                    'often or train longer.', ''
+                ]
     return '\n'.join(lines)
 
 
