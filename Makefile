@@ -86,8 +86,8 @@ study-kd: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py kd --jobs 2
 
 # Noisy Student, 2 rounds, student smoothed by STS / EMA / not at all
-# (configs/noisy_student/README.md): 3 teachers + 18 students of 300 steps
-# and 18 pseudo-labelings of the 60,000 images, ~30 min on 2 idle cores.
+# (configs/noisy_student/README.md): 3 teachers + 18 students of 1,000 steps
+# and 18 pseudo-labelings of the 60,000 images, ~43 min on 2 idle cores.
 study-noisy-student: $(STAMP) data-fashion-mnist
 	$(PY) tools/studies/run_study.py noisy_student --jobs 2
 

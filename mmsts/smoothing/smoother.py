@@ -115,7 +115,9 @@ def _host_relative_distance(teacher: List[Tensor], student: List[Tensor],
     num = den = 0.0
     for t, s in zip(teacher, student):
         t, s = t.reshape(-1), s.reshape(-1).to(t)
-        buf = buffers.setdefault(t.dtype, t.new_empty(size))
+        buf = buffers.get(t.dtype)
+        if buf is None:
+            buf = buffers[t.dtype] = t.new_empty(size)
         for start in range(0, t.numel(), piece):
             a, b = t[start:start + piece], s[start:start + piece]
             diff = torch.sub(a, b, out=buf[:a.numel()])

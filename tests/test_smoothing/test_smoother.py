@@ -652,8 +652,8 @@ def test_host_guard_checks_at_once():
 
 
 def test_host_guard_checks_small_and_large_tensors():
-    """Tiny tensors are checked together, large ones one by one (last to
-    first); a NaN in any of them counts."""
+    """Tiny tensors are checked together, large ones one by one; a NaN in
+    any of them counts."""
     student = [torch.zeros(3), torch.zeros(1 << 15), torch.zeros(()),
                torch.zeros(7, dtype=torch.float64), torch.zeros(2, 1 << 14)]
     for index in range(len(student)):
