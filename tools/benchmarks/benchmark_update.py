@@ -34,6 +34,7 @@ import argparse
 import copy
 import datetime
 import gc
+import inspect
 import json
 import os
 import platform
@@ -176,7 +177,6 @@ def build_candidates(byol: nn.Module, args) -> Dict[str, Callable[[], None]]:
     return candidates
 
 
-@torch.no_grad()
 def time_statistics(byol: nn.Module, repeat: int,
                     device: torch.device) -> List[float]:
     """Times (ms) of reading an STS teacher's statistics
@@ -188,15 +188,8 @@ def time_statistics(byol: nn.Module, repeat: int,
     sts = SpatialTemporalSmoothing.take_over(
         byol.target_net, name='statistics', log_interval=10**9)
     sts.update_parameters(student)
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    times = []
-    for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        sts.pop_statistics()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    times, _ = run({'statistics': sts.pop_statistics}, repeat, 0, device)
+    return times['statistics']
 
 
 # Teachers are always updated without autograd (mmpretrain calls
@@ -354,10 +347,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     print(markdown(rows, targets))
     stats_ms = float(np.median(time_statistics(byol, 10, device)))
     ratio = stats_ms / rows[EMA]['median_ms']
+    interval = inspect.signature(
+        SpatialTemporalSmoothing).parameters['log_interval'].default
     print(f'\nReading an STS teacher\'s statistics (every log_interval '
-          f'updates, 50 by default; median of 10): {stats_ms:.2f} ms = '
-          f'{ratio:.2f}x an MMEngine EMA update, {ratio / 50:.3f}x per '
-          'update at log_interval=50')
+          f'updates, {interval} by default; median of 10): {stats_ms:.2f} '
+          f'ms = {ratio:.2f}x an MMEngine EMA update, '
+          f'{ratio / interval:.3f}x per update at log_interval={interval}')
     result = dict(
         machine=info,
         args=vars(args),

@@ -571,7 +571,7 @@ def report_markdown(study: Study, summary: dict,
                     f'{_pm(g["median_last"])} | {_pm(g["final"])} | '
                     f'{_pm(g.get("diff_median_last"))} | {per_seed} |')
             lines.append('')
-            whole = entry.get('whole_runs', {}).get(label)
+            whole = entry['whole_runs'].get(label)
             if whole:
                 lines += [
                     f'**Warning:** {len(whole)} run(s) ({", ".join(whole)}) '
