@@ -180,6 +180,11 @@ def small_selfsup_cfg(base: str, work_dir: str, data_root: str,
     cfg.randomness = dict(seed=0)
     cfg.log_level = 'WARNING'
     cfg.custom_hooks = list(hooks or [])
+    # Every config here is read from a `child_config.py`: without its own
+    # name, two runners built in the same second share one message hub, and
+    # `MessageHub.get_current_instance()` (where a teacher reads
+    # `max_iters`) is not the one the second runner writes to.
+    cfg.experiment_name = f'small-{uuid.uuid4().hex}'
     return cfg
 
 

@@ -291,6 +291,19 @@ def test_official_recipe_optimizer_and_schedule():
             hook.end_momentum) == (0.7, 0.01, 'cosine', 0.0)
 
 
+def test_small_configs_have_their_own_experiment_names(imagenet_root,
+                                                       tmp_path):
+    """Runners built from two shrunk configs in the same second get
+    different message hubs (the configs are all read from a
+    ``child_config.py``, so the default names would collide)."""
+    names = {
+        small_selfsup_cfg(PRETRAIN_CONFIGS[0], str(tmp_path / str(i)),
+                          imagenet_root).get('experiment_name')
+        for i in range(2)
+    }
+    assert None not in names and len(names) == 2
+
+
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=_ids(PRETRAIN_CONFIGS))
 def test_pretrain_config_trains(path, imagenet_root, tmp_path):
     """Two iterations of the recipe (ResNet-18, 32-pixel crops, batch 4)."""
