@@ -368,7 +368,24 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         return new
 
     def _bind_tensors(self) -> None:
-        """Cache the tensors the update reads and writes."""
+        """Cache the tensors the update reads and writes, and forget the
+        source model."""
+        self._bind_teacher()
+        self._host_steps: Optional[int] = None
+        # The source model last checked, and where its parameters and
+        # buffers live (weak references: a deep copy or pickle of the
+        # teacher must not take the student).
+        self._source_ref: Optional[weakref.ref] = None
+        self._source_slots: Dict[str, _Slots] = {}
+        self._last_source: List[Tensor] = []
+        self._unread = 0  # updates since the statistics were last read
+        if not getattr(self, '_rebinds_after_load', False):
+            self.register_load_state_dict_post_hook(_rebind_after_load)
+            self._rebinds_after_load = True
+
+    def _bind_teacher(self) -> None:
+        """Cache the teacher's tensors that the update reads and writes;
+        again whenever they are replaced (see :meth:`_apply`)."""
         if self.update_buffers:
             self.avg_parameters = self.module.state_dict()
         else:
@@ -380,14 +397,17 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         self._avg = [self.avg_parameters[k] for k in self._keys]
         self._buffers_avg = list(self.module.buffers()) \
             if self.settings['buffers'] == 'copy' else []
-        self._host_steps: Optional[int] = None
-        # The source model last checked, and where its parameters and
-        # buffers live (weak references: a deep copy or pickle of the
-        # teacher must not take the student).
-        self._source_ref: Optional[weakref.ref] = None
-        self._source_slots: Dict[str, _Slots] = {}
-        self._last_source: List[Tensor] = []
-        self._unread = 0  # updates since the statistics were last read
+
+    def _apply(self, fn, *args, **kwargs) -> 'SpatialTemporalSmoothing':
+        """Move or convert the teacher (``to()``, ``cuda()``, ``half()``...)
+        and cache its new tensors: MMEngine's runner moves a model built on
+        the host, with a teacher built inside it (FixMatch, distillation),
+        to its device, which replaces the teacher's buffers (and, for
+        ``buffers='smooth'``, the state-dict tensors the update writes)."""
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, '_avg'):  # bound once set up
+            self._bind_teacher()
+        return self
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -602,6 +622,14 @@ def sts_records(checkpoint: dict) -> Dict[str, dict]:
         key[len(prefix):]: value
         for key, value in info.items() if key.startswith(prefix)
     }
+
+
+def _rebind_after_load(teacher: SpatialTemporalSmoothing,
+                       incompatible_keys) -> None:
+    """A state-dict post-hook: ``load_state_dict(assign=True)`` replaces the
+    teacher's tensors, which the update must then write. Module-level, so
+    that a teacher still pickles."""
+    teacher._bind_teacher()
 
 
 def _run_seed() -> int:

@@ -501,6 +501,44 @@ def test_a_new_student_model_is_checked():
     assert int(sts.steps) == 1
 
 
+@pytest.mark.parametrize('buffers', ['copy', 'smooth'])
+@pytest.mark.parametrize('replace', ['to', 'load_assign'])
+def test_teacher_updates_its_own_tensors_after_they_are_replaced(
+        buffers, replace):
+    """MMEngine's runner moves a model built on the host to its device
+    (``model.to(get_device())``), and with it a teacher built inside the
+    model (FixMatch, distillation): the update must then write the moved
+    tensors, not stale copies of the old ones. ``double()`` takes the same
+    path (``nn.Module._apply``) on CPU; ``load_state_dict(assign=True)``
+    replaces the tensors too."""
+    student = _bn_student()
+    teacher = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=0.5, buffers=buffers)
+    teacher.update_parameters(student)  # update 0 copies the student
+    if replace == 'to':
+        student.double()
+        teacher.double()
+    else:
+        state = {k: v.clone() for k, v in teacher.state_dict().items()}
+        teacher.load_state_dict(state, assign=True)
+    old = copy.deepcopy(teacher.module)
+    with torch.no_grad():
+        student(torch.randn(8, 3, dtype=student[0].weight.dtype) + 2)
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher.update_parameters(student)
+    new = teacher.module
+    torch.testing.assert_close(new[0].weight,
+                               torch.lerp(old[0].weight, student[0].weight,
+                                          0.5))
+    mean = student[1].running_mean
+    if buffers == 'copy':
+        assert torch.equal(new[1].running_mean, mean)
+    else:
+        torch.testing.assert_close(new[1].running_mean,
+                                   torch.lerp(old[1].running_mean, mean, 0.5))
+
+
 def test_copies_of_the_teacher_leave_the_student_behind():
     student = toy_net()
     sts = SpatialTemporalSmoothing(student)
