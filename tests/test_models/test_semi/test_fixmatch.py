@@ -298,6 +298,32 @@ def test_teacher_follows_the_sts_rule_once_per_step():
     assert kept > 0 and moved > 0
 
 
+def test_teacher_follows_the_model_to_its_device():
+    """MMEngine's runner builds the model, teacher included, on the host and
+    then moves it (``model.to(get_device())``); ``double()`` takes the same
+    path on CPU. The teacher's BN statistics must still be copied from the
+    student at each update, into the moved tensors."""
+    model = build_fixmatch().double()
+    optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    for step in range(2):
+        # The update at the start of a step reads the student as it is now.
+        read = {
+            k: v.clone()
+            for k, v in model.student.named_buffers()
+        }
+        inputs, data_samples = make_batch(seed=step)
+        inputs = {k: v.double() for k, v in inputs.items()}
+        model.train_step(
+            dict(inputs=inputs, data_samples=data_samples), optim_wrapper)
+    teacher = dict(model.teacher.module.named_buffers())
+    assert set(teacher) == set(read)
+    assert any(not torch.equal(read[k], v)
+               for k, v in model.student.named_buffers())  # it trained on
+    for key, value in teacher.items():
+        assert value.dtype == read[key].dtype
+        assert torch.equal(value, read[key]), key
+
+
 def test_init_weights_starts_the_teacher_as_the_student():
     model = build_fixmatch()
     for t, s in zip(model.teacher.module.state_dict().values(),
