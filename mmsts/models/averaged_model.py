@@ -66,13 +66,17 @@ def _tensor_slots(model: nn.Module, kind: str) -> _Slots:
     return slots
 
 
-def _read_slots(slots: _Slots, kind: str) -> List[Tensor]:
+def _read_slots(slots: _Slots, kind: str) -> Optional[List[Tensor]]:
     """The tensors in ``slots``, read afresh from their modules (so tensors
     replaced in place, e.g. by ``load_state_dict(assign=True)``, are
-    seen): one dictionary per module, no walk of the model."""
+    seen): one dictionary per module, no walk of the model. None if one of
+    the modules was freed (replaced in the model)."""
     tensors = []
     for ref, names in slots:
-        table = getattr(ref(), kind)
+        module = ref()
+        if module is None:
+            return None
+        table = getattr(module, kind)
         tensors += [table[name] for name in names]
     return tensors
 
@@ -417,21 +421,32 @@ class SpatialTemporalSmoothing(BaseAveragedModel):
         """The source's parameters (``kind='_parameters'``) or buffers
         (``'_buffers'``), read afresh from where they were found when the
         source model was first seen (walking a ResNet-50's modules at every
-        update would cost a tenth of the update); a new source model is
-        checked against the teacher first. With ``update_buffers``, the
-        parameters are the state dict's floating point entries in the
-        teacher's order."""
+        update would cost a tenth of the update); a new source model, or
+        one with a module replaced since (and freed: a replaced module that
+        something else keeps alive goes unnoticed), is walked and checked
+        against the teacher first. With ``update_buffers``, the parameters
+        are the state dict's floating point entries in the teacher's
+        order."""
         if self._source_ref is None or self._source_ref() is not model:
-            self._check_source(model)
-            self._source_ref = weakref.ref(model)
-            self._source_slots = {
-                k: _tensor_slots(model, k)
-                for k in ('_parameters', '_buffers')
-            }
+            self._walk_source(model)
         if kind == '_parameters' and self.update_buffers:
             state = model.state_dict()
             return [state[k] for k in self._keys]
-        return _read_slots(self._source_slots[kind], kind)
+        tensors = _read_slots(self._source_slots[kind], kind)
+        if tensors is None:  # a module of the source was replaced
+            self._walk_source(model)
+            tensors = _read_slots(self._source_slots[kind], kind)
+        return tensors
+
+    def _walk_source(self, model: nn.Module) -> None:
+        """Check a source model against the teacher and find where its
+        tensors live."""
+        self._check_source(model)
+        self._source_ref = weakref.ref(model)
+        self._source_slots = {
+            k: _tensor_slots(model, k)
+            for k in ('_parameters', '_buffers')
+        }
 
     def _check_source(self, model: nn.Module) -> None:
         """Fail early, naming the tensor, if the source does not match."""

@@ -5,6 +5,7 @@ References are MMEngine's ``ExponentialMovingAverage``, mmpretrain's
 ``CosineEMA`` and explicit arithmetic, never the code under test.
 """
 import copy
+import gc
 import math
 import uuid
 import warnings
@@ -487,6 +488,23 @@ def test_replaced_student_tensors_are_read_afresh():
     student.load_state_dict(replacement.state_dict(), assign=True)
     sts.update_parameters(student)
     assert_same_state(sts.module, replacement, exact=True)
+
+
+def test_replaced_student_modules_are_walked_again():
+    """A module of the student replaced after the first update (model
+    surgery, ``convert_sync_batchnorm``) is found again, and checked."""
+    student = toy_net()
+    sts = SpatialTemporalSmoothing(
+        student, preserve_prob=0.0, momentum=1.0, update_buffers=False)
+    sts.update_parameters(student)
+    student.fc2 = nn.Linear(8, 3)  # the old module is freed
+    gc.collect()
+    sts.update_parameters(student)
+    assert_same_state(sts.module, student, exact=True)
+    student.fc2 = nn.Linear(8, 5)
+    gc.collect()
+    with pytest.raises(ValueError, match=r'`fc2\.weight` \(3, 8\).*\(5, 8\)'):
+        sts.update_parameters(student)
 
 
 def test_a_new_student_model_is_checked():
