@@ -27,6 +27,24 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 pytest_plugins = []
 
 
+def requires_cuda(covered_on_cpu: str):
+    """Mark a test that needs a CUDA device: skipped without one, with a
+    reason naming the CPU test that covers the same logic, and marked
+    ``cuda``, which ``tools/benchmarks/gpu_check.sh`` runs.
+
+    Args:
+        covered_on_cpu (str): What covers the logic on CPU, for the reason.
+    """
+
+    def mark(test):
+        skip = pytest.mark.skipif(
+            not torch.cuda.is_available(),
+            reason=f'needs a CUDA device; {covered_on_cpu}')
+        return pytest.mark.cuda(skip(test))
+
+    return mark
+
+
 @pytest.fixture(autouse=True)
 def _unformatted_config_text(monkeypatch):
     """Skip yapf when runners log and dump their config: formatting the

@@ -27,6 +27,8 @@ from mmsts.smoothing.guards import (DeviceGuard, Guard, HostGuard,
                                     NonFiniteCounter, build_guard)
 from mmsts.smoothing.host_fine import HostFineUpdate
 
+from conftest import requires_cuda
+
 GRANULARITIES = ('tensor', 'channel', 'element')
 # Shapes of a small "model": conv weights, a linear weight, biases, a scalar.
 SHAPES = [(6, 3, 3, 3), (6, ), (5, 24), (5, ), (), (4, 7)]
@@ -776,6 +778,7 @@ def test_relative_distance_matches_float64(host_types, monkeypatch):
     another dtype, give the float64 value, as the accelerator path does."""
     monkeypatch.setattr(devices, 'HOST_DEVICE_TYPES', host_types)
     monkeypatch.setattr(smoother_module, '_DISTANCE_PIECE', 7)
+    monkeypatch.setattr(smoother_module, '_DEVICE_DISTANCE_CHUNK', 9)
     gen = torch.Generator().manual_seed(0)
     shapes = [(5, 3), (16, ), (), (2, 2, 2)]
     student = [torch.randn(s, generator=gen) for s in shapes]
@@ -791,6 +794,47 @@ def test_relative_distance_matches_float64(host_types, monkeypatch):
     expected = float(num.sqrt() / den.sqrt())
     assert float(relative_distance(teacher, student)) == pytest.approx(
         expected, rel=1e-6)
+
+
+@pytest.mark.parametrize('sizes,budget,expected', [
+    ((4, 4, 4), 8, [(0, 2), (2, 3)]),
+    ((20, 3, 3), 8, [(0, 1), (1, 3)]),  # a larger tensor alone
+    ((3, 20, 3), 8, [(0, 1), (1, 2), (2, 3)]),
+    ((1, 1), 8, [(0, 2)]),
+    ((), 8, []),
+])
+def test_distance_chunks_stay_within_the_budget(sizes, budget, expected):
+    """The accelerators form the differences one chunk of tensors at a
+    time: consecutive, covering every tensor once, at most ``budget``
+    elements unless a single tensor is larger."""
+    tensors = [torch.zeros(n) for n in sizes]
+    slices = smoother_module._chunk_slices(tensors, budget)
+    assert [(c.start, c.stop) for c in slices] == expected
+
+
+@requires_cuda('test_distance_chunks_stay_within_the_budget and '
+               'test_relative_distance_matches_float64[sync_free] cover the '
+               'chunks on CPU')
+def test_relative_distance_on_cuda_needs_no_copy_of_the_model():
+    """Reading the distance on a GPU allocates about one chunk of
+    differences, not a copy of the model."""
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    student = [
+        torch.randn(1 << 22, device='cuda', generator=gen) for _ in range(16)
+    ]
+    teacher = [s + 0.5 for s in student]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    distance = relative_distance(teacher, student)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    model_bytes = sum(s.numel() * s.element_size() for s in student)
+    chunk_bytes = smoother_module._DEVICE_DISTANCE_CHUNK * 4
+    assert extra <= chunk_bytes + (1 << 20) < model_bytes
+    expected = 0.5 * math.sqrt(16 * (1 << 22)) / float(
+        torch.linalg.vector_norm(torch.cat(student)))
+    assert float(distance) == pytest.approx(expected, rel=1e-4)
 
 
 # ----------------------------------------------------------------------
