@@ -53,8 +53,9 @@ data-fashion-mnist:
 .PHONY: gpu-check
 
 # The checks for the first GPU machine (< 8 min on one GPU): the update
-# benchmark on CUDA, BYOL step time with/without STS, and no host-device
-# sync in the teacher update. Prints "skipped: no CUDA" where there is none.
+# benchmark on CUDA, BYOL step time with/without STS, no host-device sync in
+# the teacher update, and the tests that need CUDA. Prints "skipped: no
+# CUDA" where there is none.
 gpu-check: $(STAMP)
 	PYTHON=$(PY) bash tools/benchmarks/gpu_check.sh
 

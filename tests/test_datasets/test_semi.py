@@ -7,7 +7,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, make_cifar_pickles
+from conftest import REPO_ROOT, make_cifar_pickles, requires_cuda
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
@@ -359,10 +359,8 @@ def test_preprocessor_moves_the_wrapped_one():
     assert pre.data_preprocessor.mean.device.type == 'meta'
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason='needs a CUDA device; test_preprocessor_moves_the_wrapped_one '
-    'covers the device bookkeeping on CPU')
+@requires_cuda('test_preprocessor_moves_the_wrapped_one covers the device '
+               'bookkeeping on CPU')
 def test_preprocessor_on_cuda():
     pre = MultiBranchDataPreprocessor(cls_preprocessor()).cuda()
     batch = pseudo_collate([

@@ -6,6 +6,7 @@ import os
 import os.path as osp
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,6 +64,28 @@ def test_uses_the_benchmark_device_option():
          osp.join(REPO_ROOT, 'tools', 'benchmarks', 'benchmark_update.py'),
          '--help'], capture_output=True, text=True).stdout
     assert '--device' in help_text and '--json' in help_text
+
+
+def test_runs_the_tests_that_need_cuda():
+    """The script runs the tests marked by ``requires_cuda``, and every test
+    that checks for CUDA itself uses it."""
+    with open(SCRIPT) as f:
+        assert '-m cuda tests' in f.read()
+    done = subprocess.run(
+        [sys.executable, '-m', 'pytest', '--collect-only', '-q', '-m', 'cuda',
+         'tests'], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    marked = {line.split('::')[0] for line in done.stdout.splitlines()
+              if '::' in line}
+    checking = set()
+    for root, _, names in os.walk(osp.join(REPO_ROOT, 'tests')):
+        for name in names:
+            if name.startswith('test_') and name.endswith('.py'):
+                with open(osp.join(root, name)) as f:
+                    if 'torch.cuda.is_available()' in f.read():
+                        checking.add(
+                            osp.relpath(osp.join(root, name), REPO_ROOT))
+    checking.discard(osp.relpath(__file__, REPO_ROOT))  # it monkeypatches
+    assert marked and marked >= checking
 
 
 @pytest.fixture

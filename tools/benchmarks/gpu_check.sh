@@ -7,7 +7,8 @@
 #      in-memory images (no data set needed), and their ratio;
 #   3. torch.cuda.set_sync_debug_mode('error') around the STS teacher
 #      update (tensor/channel/element, nonfinite skip/raise): it must never
-#      synchronise host and device.
+#      synchronise host and device;
+#   4. the tests that need CUDA (pytest marker `cuda`; CI skips them).
 # Results go to work_dirs/gpu_check/ (GPU_CHECK_DIR to change it), and the
 # figures to work_dirs/gpu_check/summary.md, which is printed at the end.
 # Without CUDA it prints "skipped: no CUDA" and exits with status 0.
@@ -51,6 +52,7 @@ check step_time 240 "$PYTHON" tools/benchmarks/gpu_check.py step-time \
     --out "$OUT/step_time.json" --work-dir "$OUT"
 check sync 90 "$PYTHON" tools/benchmarks/gpu_check.py sync \
     --out "$OUT/sync.json"
+check cuda_tests 120 "$PYTHON" -m pytest -q -rs -m cuda tests
 
 "$PYTHON" tools/benchmarks/gpu_check.py summary --dir "$OUT"
 
