@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
+from mmengine.device import get_device
 from mmengine.dist import barrier, get_dist_info, init_dist
 from mmengine.logging import print_log
 from mmengine.runner import load_checkpoint
@@ -76,7 +77,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def build(cfg: Config, checkpoint: str):
-    """The teacher in evaluation mode and the unlabeled data set."""
+    """The teacher, in evaluation mode on this process's device, and the
+    unlabeled data set."""
     if 'unlabeled_dataset' not in cfg:
         raise ValueError(f'{cfg.filename}: the config needs an '
                          '`unlabeled_dataset`')
@@ -88,6 +90,9 @@ def build(cfg: Config, checkpoint: str):
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
     load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    # This process's device, as the Runner moves a model (under torchrun,
+    # init_dist has set each process's GPU).
+    model.to(get_device())
     model.eval()
     dataset = DATASETS.build(cfg.unlabeled_dataset)
     return model, dataset

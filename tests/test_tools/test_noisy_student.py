@@ -174,6 +174,22 @@ def test_the_teacher_normalises_as_in_training(workspace):
     assert not torch.allclose(expected, torch.zeros_like(expected))
 
 
+def test_the_teacher_runs_on_the_process_device(workspace, monkeypatch):
+    """Under ``torchrun`` each process labels its chunks on its own GPU:
+    the teacher goes to MMEngine's ``get_device()`` ('meta' stands in for
+    a GPU here), as the runner puts a model in training; it stayed on the
+    host before."""
+    from mmengine.config import Config
+    root, config = workspace
+    pseudo_label = _load_tool('pseudo_label')
+    cfg = Config.fromfile(config)
+    checkpoint = _random_checkpoint(cfg, root)
+    monkeypatch.setattr(pseudo_label, 'get_device', lambda: 'meta')
+    model, _ = pseudo_label.build(cfg, checkpoint)
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert model.data_preprocessor.device.type == 'meta'
+
+
 def _random_checkpoint(cfg, root):
     from mmpretrain.registry import MODELS
     model = MODELS.build(dict(cfg.model,
